@@ -25,13 +25,20 @@ COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``effscale CMD: error: ...``)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class UserError(Exception):
     """An error caused by the user's input; the CLI prints its message as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every available command registered."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="effscale",
         description="Find how to scale EfficientDet for your data and compute budget.",
     )
