@@ -233,6 +233,14 @@ class CocoDetection(Dataset):
             raise DataError(f"image folder {self.images_dir} does not exist; point images_dir at the folder of the images")
         data = _load_coco_json(self.ann_file)
         _validate(data, self.ann_file)
+        for ann in data["annotations"]:  # optional in many real files; COCOeval needs both
+            ann.setdefault("iscrowd", 0)
+            if "area" not in ann and isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4:
+                ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+            bbox = ann.get("bbox")
+            if isinstance(bbox, list) and len(bbox) == 4 and (bbox[2] <= 0 or bbox[3] <= 0):
+                # no box can overlap a degenerate one: evaluate it as ignored, not as a miss
+                ann["iscrowd"] = 1
         coco = COCO()
         coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):

@@ -1,0 +1,488 @@
+"""The proxy training loop: one short training run of one detector on one dataset.
+
+It trains with SGD (momentum, Nesterov) or AdamW, linear warmup then cosine decay, gradient
+clipping and an EMA of the weights (timm's ``ModelEmaV3`` with warmup), in bf16 autocast on
+CUDA and fp32 on CPU. The budget is epochs, steps or seconds. After every epoch the EMA model is
+evaluated on the validation split with pycocotools and ``on_epoch(epoch, metrics)`` is called
+(the searcher prunes from there). Checkpoints are written atomically and hold only tensors and
+plain data, so they load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from detector.anchors import cached_anchors, flatten_outputs
+from detector.config import DetectorConfig, config_from_dict
+from detector.evaluate import METRIC_NAMES, evaluate_model
+from detector.loss import DetectionLoss
+from detector.model import build_model
+
+__all__ = [
+    "OPTIMIZERS",
+    "DataSettings",
+    "TrainSettings",
+    "TrainResult",
+    "DivergedError",
+    "CheckpointError",
+    "train_proxy",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_device",
+]
+
+OPTIMIZERS = ("sgd", "adamw")
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; ``step`` is the optimizer step (0-based) where it did."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"training diverged at step {step}: loss is {loss}; lower the learning "
+                         "rate or enable gradient clipping")
+        self.step = step
+        self.loss = loss
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or not an effscale checkpoint."""
+
+
+def _require(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{name}: {message}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the data is: a dataset folder with ``train/`` and ``val/`` splits (see
+    :func:`detector.data.split_paths`), optional subsets (images, fixed seed) and loader workers."""
+
+    dir: Path
+    train_subset: int | None = None
+    val_subset: int | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dir", Path(self.dir))
+        for name in ("train_subset", "val_subset"):
+            value = getattr(self, name)
+            _require(value is None or (isinstance(value, int) and value >= 1), f"data.{name}",
+                     f"must be a positive number of images, got {value!r}")
+        _require(isinstance(self.num_workers, int) and self.num_workers >= 0, "data.num_workers",
+                 f"must be an integer >= 0, got {self.num_workers!r}")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train. Exactly one budget: ``epochs``, ``steps`` (optimizer steps) or ``seconds``
+    (wall-clock training time, evaluation excluded). ``lr`` is the peak learning rate after
+    ``warmup_fraction`` of the budget; ``ema_decay`` None disables the EMA."""
+
+    epochs: float | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_fraction: float = 0.1
+    grad_clip: float = 10.0
+    ema_decay: float | None = 0.999
+    bn_momentum: float = 0.1
+    scale_jitter: tuple[float, float] = (0.8, 1.2)
+    hflip: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 0
+    eval_every_epoch: bool = True
+
+    def __post_init__(self) -> None:
+        budgets = [n for n in ("epochs", "steps", "seconds") if getattr(self, n) is not None]
+        if not budgets:
+            object.__setattr__(self, "epochs", 10)
+            budgets = ["epochs"]
+        _require(len(budgets) == 1, "train", f"give exactly one budget of epochs, steps or "
+                 f"seconds, got {', '.join(budgets)}")
+        for name in ("epochs", "seconds"):
+            value = getattr(self, name)
+            _require(value is None or (isinstance(value, (int, float)) and value > 0),
+                     f"train.{name}", f"must be > 0, got {value!r}")
+        _require(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+                 "train.steps", f"must be an integer >= 1, got {self.steps!r}")
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 2, "train.batch_size",
+                 f"must be an integer >= 2 (BatchNorm needs 2 images), got {self.batch_size!r}")
+        _require(self.optimizer in OPTIMIZERS, "train.optimizer",
+                 f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 10, "train.lr",
+                 f"must be in (0, 10], got {self.lr!r}")
+        _require(0 <= self.warmup_fraction < 1, "train.warmup_fraction",
+                 f"must be in [0, 1), got {self.warmup_fraction!r}")
+        _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")
+        _require(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay",
+                 f"must be in (0, 1) or None, got {self.ema_decay!r}")
+        _require(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+                 "train.checkpoint_every", f"must be an integer >= 0 steps, got {self.checkpoint_every!r}")
+        _require(0 < self.bn_momentum <= 1, "train.bn_momentum",
+                 f"must be in (0, 1], got {self.bn_momentum!r}")
+        object.__setattr__(self, "scale_jitter", tuple(self.scale_jitter))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists for tuples)."""
+        data = asdict(self)
+        data["scale_jitter"] = list(self.scale_jitter)
+        return data
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the final validation ``metrics`` (``METRIC_NAMES`` → [0, 1]), the
+    training throughput in images per second (evaluation excluded), wall seconds of the whole
+    run, optimizer steps, epochs and the per-epoch history."""
+
+    metrics: dict[str, float]
+    images_per_s: float
+    seconds: float
+    steps: int
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``metrics.json``."""
+        return {**self.metrics, "images_per_s": self.images_per_s, "seconds": self.seconds,
+                "steps": self.steps, "epochs": self.epochs, "history": self.history,
+                "checkpoint": self.checkpoint}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None → ``cuda`` when available, else ``cpu``; anything else as given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for but no CUDA device is available; use "
+                         "--device cpu")
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _lr_factor(progress: float, warmup: float) -> float:
+    """Linear warmup to 1 over ``warmup`` of the budget, then cosine decay to 0.01."""
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 1e-3)
+    span = max(1e-9, 1 - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / span)))
+    return 0.01 + 0.99 * cosine
+
+
+def _make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, settings.weight_decay)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=settings.lr)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (tensors and plain data only) atomically: temp file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (never unpickles arbitrary objects)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad magic, forbidden global, ...
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason}); delete it "
+                              "or use an earlier one") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an effscale checkpoint (no model/config)")
+    return state
+
+
+def _epoch_order(num_images: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_images, generator=generator).tolist()
+
+
+def train_proxy(
+    config: DetectorConfig,
+    *,
+    data: DataSettings,
+    settings: TrainSettings = TrainSettings(),
+    device: str | torch.device | None = "auto",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    quiet: bool = False,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``config`` on ``data`` within ``settings``' budget; returns a :class:`TrainResult`.
+
+    ``out_dir`` receives ``checkpoint.pt`` (every ``settings.checkpoint_every`` steps and at each
+    epoch end) and ``metrics.json``; with ``resume=True`` training continues from the checkpoint
+    there (step count, epoch, optimizer and EMA state). Raises :class:`DivergedError` on a
+    non-finite loss, :class:`detector.data.DataError` on bad data.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from detector.data import (
+        ResizePad,
+        TrainTransform,
+        collate_detection,
+        load_split,
+        make_loader,
+        normalize,
+    )
+
+    device = resolve_device(device)
+    _seed_everything(settings.seed)
+    train_set = load_split(data.dir, "train", subset=data.train_subset, seed=settings.seed,
+                           transform=TrainTransform(config.image_size, scale_range=settings.scale_jitter,
+                                                    hflip_prob=settings.hflip, seed=settings.seed))
+    val_set = load_split(data.dir, "val", subset=data.val_subset, seed=settings.seed,
+                         transform=ResizePad(config.image_size))
+    if train_set.num_classes > config.num_classes:
+        raise ValueError(f"num_classes: the data has {train_set.num_classes} classes but the "
+                         f"config has {config.num_classes}; set num_classes >= "
+                         f"{train_set.num_classes}")
+    if len(train_set) < settings.batch_size:
+        raise ValueError(f"train.batch_size: {settings.batch_size} is more than the "
+                         f"{len(train_set)} training images; lower it or use more images")
+    val_loader = make_loader(val_set, batch_size=max(2, settings.batch_size), train=False,
+                             num_workers=data.num_workers, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(train_set) // settings.batch_size
+
+    model = build_model(config).to(device)
+    for module in model.modules():  # short proxy runs need BN statistics that keep up
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = settings.bn_momentum
+    criterion = DetectionLoss(num_classes=config.num_classes)
+    optimizer = _make_optimizer(model, settings)
+    ema = None
+    if settings.ema_decay is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=settings.ema_decay, use_warmup=True)
+    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
+                             config.max_level, device=device)
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    step, epoch, history, elapsed_before = 0, 0, [], 0.0
+    out_path = Path(out_dir) if out_dir is not None else None
+    if resume:
+        if out_path is None:
+            raise ValueError("resume: needs out_dir, the folder that holds checkpoint.pt")
+        state = load_checkpoint(out_path)
+        if config_from_dict(state["config"]) != config:
+            raise CheckpointError(f"checkpoint in {out_path} was made for another config; train "
+                                  "into a new --out folder")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        step, epoch = int(state["step"]), int(state["epoch"])
+        history = list(state.get("history", []))
+        elapsed_before = float(state.get("train_seconds", 0.0))
+
+    def budget_progress(train_seconds: float) -> float:
+        if settings.steps is not None:
+            return step / settings.steps
+        if settings.epochs is not None:
+            return step / max(1, round(settings.epochs * steps_per_epoch))
+        return train_seconds / settings.seconds
+
+    def checkpoint(train_seconds: float) -> None:
+        if out_path is None:
+            return
+        save_checkpoint(out_path / CHECKPOINT_NAME, {
+            "format": "effscale-checkpoint-1",
+            "config": config.to_dict(),
+            "settings": settings.to_dict(),
+            "model": model.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "train_seconds": train_seconds,
+            "history": history,
+        })
+
+    progress = _Progress(quiet=quiet, total=_total_steps(settings, steps_per_epoch),
+                         seconds=settings.seconds)
+    start = time.perf_counter()
+    train_seconds = elapsed_before
+    images_seen = 0
+    metrics: dict[str, float] = {}
+    done = budget_progress(train_seconds) >= 1
+    model.train()
+    with progress:
+        while not done:
+            order = _epoch_order(len(train_set), settings.seed, epoch)
+            skip = (step - epoch * steps_per_epoch) * settings.batch_size if resume else 0
+            skip = max(0, min(skip, len(order)))
+            if hasattr(train_set.transform, "reseed"):
+                train_set.transform.reseed(settings.seed * 7919 + epoch)
+            loader = DataLoader(Subset(train_set, order[skip:]), batch_size=settings.batch_size,
+                                drop_last=True, collate_fn=collate_detection,
+                                num_workers=data.num_workers, pin_memory=device.type == "cuda")
+            resume = False
+            for batch in loader:
+                tick = time.perf_counter()
+                batch = batch.to(device)
+                factor = _lr_factor(budget_progress(train_seconds), settings.warmup_fraction)
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.lr * factor
+                with torch.autocast(device.type, dtype=autocast_dtype,
+                                    enabled=autocast_dtype is not None):
+                    cls_levels, box_levels = model(normalize(batch.images))
+                cls, box = flatten_outputs(cls_levels, box_levels, config.num_classes)
+                losses = criterion(cls, box, anchors, batch.boxes, batch.labels)
+                loss = losses["loss"]
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise DivergedError(step, loss_value)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if settings.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                optimizer.step()
+                step += 1
+                if ema is not None:
+                    ema.update(model, step=step)
+                images_seen += settings.batch_size
+                train_seconds += time.perf_counter() - tick
+                progress.advance(step, train_seconds, loss_value)
+                if settings.checkpoint_every and step % settings.checkpoint_every == 0:
+                    checkpoint(train_seconds)
+                if budget_progress(train_seconds) >= 1:
+                    done = True
+                    break
+            epoch += 1
+            if done or settings.eval_every_epoch:
+                eval_model = ema.module if ema is not None else model
+                metrics = evaluate_model(eval_model, val_loader, config=config, dataset=val_set,
+                                         device=device, autocast_dtype=autocast_dtype)
+                history.append({"epoch": epoch, "step": step, **metrics})
+                progress.note(epoch, metrics)
+                checkpoint(train_seconds)
+                if on_epoch is not None:
+                    on_epoch(epoch, metrics)
+    if not metrics:  # resumed from a checkpoint whose budget was already spent
+        eval_model = ema.module if ema is not None else model
+        metrics = evaluate_model(eval_model, val_loader, config=config, dataset=val_set,
+                                 device=device, autocast_dtype=autocast_dtype)
+    run_seconds = time.perf_counter() - start
+    new_seconds = train_seconds - elapsed_before
+    result = TrainResult(
+        metrics={k: metrics[k] for k in METRIC_NAMES},
+        images_per_s=images_seen / new_seconds if new_seconds > 0 else 0.0,
+        seconds=run_seconds,
+        steps=step,
+        epochs=epoch,
+        history=history,
+        checkpoint=str(out_path / CHECKPOINT_NAME) if out_path is not None else None,
+    )
+    if out_path is not None:
+        _write_json_atomic(out_path / "metrics.json", result.to_dict())
+    return result
+
+
+def _total_steps(settings: TrainSettings, steps_per_epoch: int) -> int | None:
+    if settings.steps is not None:
+        return settings.steps
+    if settings.epochs is not None:
+        return max(1, round(settings.epochs * steps_per_epoch))
+    return None
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=float)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """A rich progress bar over steps (or seconds), silent in quiet mode."""
+
+    def __init__(self, *, quiet: bool, total: int | None, seconds: float | None) -> None:
+        self.quiet = quiet
+        self.total = total
+        self.seconds = seconds
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> "_Progress":
+        if not self.quiet:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+                                 transient=False)
+            self._bar.__enter__()
+            total = self.total if self.total is not None else int(math.ceil(self.seconds or 0))
+            self._task = self._bar.add_task("train", total=total, info="")
+        return self
+
+    def advance(self, step: int, train_seconds: float, loss: float) -> None:
+        if self._bar is not None:
+            done = step if self.total is not None else min(train_seconds, self.seconds or 0)
+            self._bar.update(self._task, completed=done, info=f"loss {loss:.4f}")
+
+    def note(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.console.print(f"epoch {epoch}: AP {metrics['ap']:.4f}  "
+                                    f"AP50 {metrics['ap50']:.4f}")
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+_ = fields  # keep dataclasses.fields importable for subclasses' introspection

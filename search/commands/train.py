@@ -1,0 +1,82 @@
+"""``effscale train``: train one detector (a preset, a config file or a spec) on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from search.commands._output import add_format_argument
+from search.commands._spec_args import add_spec_arguments, configs_from_args
+
+__all__ = ["register", "run", "print_metrics"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` command."""
+    parser = subparsers.add_parser(
+        "train", help="train one detector on a COCO-format dataset and report COCO AP",
+        description="Train one detector and evaluate it with pycocotools. Writes metrics.json "
+                    "and checkpoint.pt to --out.")
+    add_spec_arguments(parser)
+    parser.add_argument("--data", required=True, help="dataset folder with train/ and val/ "
+                        "(each: instances.json + images/); make one with `effscale make-data`")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, help="budget in epochs (default 10)")
+    budget.add_argument("--steps", type=int, help="budget in optimizer steps")
+    budget.add_argument("--seconds", type=float, help="budget in seconds of training")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    parser.add_argument("--subset", type=int, help="use N training images (fixed seed)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--out", help="folder for metrics.json and checkpoint.pt")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="also checkpoint every N steps (0: only at epoch ends)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_format_argument(parser, choices=("table", "json"))
+    parser.set_defaults(func=run)
+
+
+def print_metrics(metrics: dict, fmt: str, *, title: str) -> None:
+    """Print a flat metrics dict as JSON or as a two-column table."""
+    if fmt == "json":
+        print(json.dumps(metrics, indent=2, default=float))
+        return
+    from search.commands._output import print_records
+
+    rows = [{"metric": k, "value": v} for k, v in metrics.items()
+            if isinstance(v, (int, float))]
+    print_records(rows, "table", title=title)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then print the metrics; returns 0."""
+    from detector.data import load_split
+    from detector.train import DataSettings, TrainSettings, train_proxy
+
+    if args.resume and not args.out:
+        raise ValueError("--resume: needs --out, the folder that holds checkpoint.pt")
+    data_dir = Path(args.data)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"--data: dataset folder not found: {data_dir}; create one with "
+                                "`effscale make-data DIR`")
+    if args.num_classes == 90 and args.preset is None and getattr(args, "config", None) is None:
+        args.num_classes = load_split(data_dir, "train").num_classes  # a spec: fit the data
+    (config,) = configs_from_args(args)[:1]
+    settings = TrainSettings(epochs=args.epochs, steps=args.steps, seconds=args.seconds,
+                             batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                             seed=args.seed, checkpoint_every=args.checkpoint_every)
+    result = train_proxy(config, data=DataSettings(dir=data_dir, train_subset=args.subset,
+                                                   num_workers=args.workers),
+                         settings=settings, device=args.device, out_dir=args.out,
+                         resume=args.resume, quiet=args.quiet or args.format == "json")
+    metrics = {**result.metrics, "images_per_s": result.images_per_s,
+               "seconds": result.seconds, "steps": result.steps, "epochs": result.epochs}
+    print_metrics(metrics, args.format, title=f"{config.name}: COCO box metrics")
+    sys.stdout.flush()
+    return 0
