@@ -57,7 +57,7 @@ def print_metrics(metrics: dict, fmt: str, *, title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print the metrics; returns 0."""
     from detector.data import load_split
-    from detector.train import DataSettings, TrainSettings, train_proxy
+    from detector.train import DataSettings, DivergedError, TrainSettings, train_proxy
 
     if args.resume and not args.out:
         raise ValueError("--resume: needs --out, the folder that holds checkpoint.pt")
@@ -71,12 +71,18 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(epochs=args.epochs, steps=args.steps, seconds=args.seconds,
                              batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                              seed=args.seed, checkpoint_every=args.checkpoint_every)
-    result = train_proxy(config, data=DataSettings(dir=data_dir, train_subset=args.subset,
-                                                   num_workers=args.workers),
-                         settings=settings, device=args.device, out_dir=args.out,
-                         resume=args.resume, quiet=args.quiet or args.format == "json")
+    try:
+        result = train_proxy(
+            config, data=DataSettings(dir=data_dir, train_subset=args.subset,
+                                      num_workers=args.workers),
+            settings=settings, device=args.device, out_dir=args.out, resume=args.resume,
+            quiet=args.quiet or args.format == "json")
+    except DivergedError as exc:
+        print(f"effscale train: error: {exc}", file=sys.stderr)
+        return 1
     metrics = {**result.metrics, "images_per_s": result.images_per_s,
                "seconds": result.seconds, "steps": result.steps, "epochs": result.epochs}
     print_metrics(metrics, args.format, title=f"{config.name}: COCO box metrics")
     sys.stdout.flush()
     return 0
+

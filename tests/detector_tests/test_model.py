@@ -81,3 +81,29 @@ def test_fusion_methods_build_and_run(fusion):
     assert (len(weights) == 0) == (fusion == "sum")
     if weights:
         assert weights[0].grad is not None
+
+
+def test_tiny_config_overfits_one_batch():
+    from detector.anchors import generate_anchors, flatten_outputs
+    from detector.loss import DetectionLoss
+
+    torch.manual_seed(0)
+    config = from_scaling(PAPER_SPEC, -4, num_classes=3, image_size=(64, 64))
+    model = build_model(config)
+    images = torch.rand(2, 3, 64, 64)
+    images[0, :, 8:40, 8:40] = 1.0
+    images[1, :, 24:56, 16:48] = 0.0
+    boxes = torch.tensor([[[8.0, 8.0, 40.0, 40.0]], [[16.0, 24.0, 48.0, 56.0]]])
+    labels = torch.tensor([[0], [2]])
+    anchors = generate_anchors(config.anchors, config.image_size)
+    criterion = DetectionLoss(num_classes=3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        cls, box = flatten_outputs(*model(images), config.num_classes)
+        loss = criterion(cls, box, anchors, boxes, labels)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
