@@ -43,17 +43,18 @@ def tiny_config(num_classes=6, size=64):
 @pytest.mark.slow
 def test_tiny_proxy_learns_on_generated_data(tmp_path):
     root = tmp_path / "d"
-    make_synthetic_coco(root, n_train=128, n_val=32, seed=0, image_size=(64, 64))
-    untrained = train_proxy(tiny_config(), data=DataSettings(dir=root),
+    make_synthetic_coco(root, n_train=128, n_val=32, seed=0, image_size=(128, 128))
+    config = tiny_config(size=128)
+    untrained = train_proxy(config, data=DataSettings(dir=root),
                             settings=TrainSettings(steps=1, lr=1e-9, ema_decay=None),
                             device="cpu", quiet=True)
-    result = train_proxy(tiny_config(), data=DataSettings(dir=root),
-                         settings=TrainSettings(steps=300, lr=5e-3, eval_every_epoch=False),
+    result = train_proxy(config, data=DataSettings(dir=root),
+                         settings=TrainSettings(steps=200, lr=5e-3, eval_every_epoch=False),
                          device="cpu", quiet=True)
-    assert result.steps == 300
-    # measured: untrained AP50 ~0.001, after 300 steps ~0.1 (see docs of this test's numbers)
+    assert result.steps == 200
+    # measured on this data: untrained AP50 0.001-0.002; after 200 steps 0.10-0.13
     assert untrained.metrics["ap50"] < 0.01
-    assert result.metrics["ap50"] > 0.04
+    assert result.metrics["ap50"] > 0.05
     assert result.metrics["ap50"] > 5 * max(untrained.metrics["ap50"], 1e-3)
     assert result.images_per_s > 0
 
