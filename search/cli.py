@@ -22,6 +22,10 @@ COMMANDS = (
     "search",
     "status",
     "export",
+    "validate",
+    "report",
+    "dashboard",
+    "storage",
 )
 
 
