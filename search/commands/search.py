@@ -1,0 +1,99 @@
+"""``effscale search STUDY.toml``: run or resume a scaling search, then print the best point."""
+
+from __future__ import annotations
+
+import argparse
+
+from search.commands._output import print_records
+
+__all__ = ["register", "run", "parse_gpus"]
+
+
+def parse_gpus(text: str) -> tuple[int, ...]:
+    """Parse ``--gpus``: comma-separated distinct device indices such as ``0,1,3``."""
+    try:
+        gpus = tuple(int(part) for part in text.split(",") if part.strip() != "")
+    except ValueError:
+        gpus = ()
+    if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(
+            f"invalid GPU list {text!r}; use distinct device indices such as 0,1")
+    return gpus
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a positive integer")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``search`` command."""
+    parser = subparsers.add_parser(
+        "search",
+        help="run or resume a scaling search from a study file",
+        description="Run (or resume) the Optuna study described by STUDY.toml until it holds "
+                    "n_trials finished trials; rerunning a finished study adds none.",
+    )
+    parser.add_argument("study", metavar="STUDY.toml", help="the study file")
+    parser.add_argument("--n-trials", type=_positive, metavar="N",
+                        help="finished trials wanted (default: [study] n_trials)")
+    parser.add_argument("--workers", type=_positive, metavar="K",
+                        help="parallel worker processes (default: [execution] workers)")
+    parser.add_argument("--gpus", type=parse_gpus, metavar="0,1,..",
+                        help="GPUs to use; workers become GPU slots")
+    parser.add_argument("--trials-per-gpu", type=_positive, metavar="M",
+                        help="concurrent trials per GPU (default: [execution] trials_per_gpu)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="override [study] storage (sqlite:///x.db, journal:///x.journal, "
+                             "postgresql://..)")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the study; prints the best feasible trial. Returns 0, or 1 if a worker crashed."""
+    from search.study_file import load_study_file
+
+    definition = load_study_file(args.study)
+    if definition.execution.backend == "ray":
+        try:
+            from search.runners.ray_runner import run_study
+        except ModuleNotFoundError as exc:
+            if exc.name != "search.runners.ray_runner":
+                raise
+            raise ValueError("execution.backend: the ray runner is not in this checkout; "
+                             "set backend = \"optuna\"") from None
+    else:
+        from search.runners.optuna_runner import run_study
+    summary = run_study(definition, n_trials=args.n_trials, workers=args.workers,
+                        gpus=args.gpus, trials_per_gpu=args.trials_per_gpu,
+                        storage=args.storage, quiet=args.quiet)
+    print(f"study {summary.study_name!r}: {summary.n_complete} complete, {summary.n_pruned} "
+          f"pruned, {summary.n_failed} failed ({summary.started} started now, "
+          f"{summary.target} wanted) in {summary.storage_url}")
+    _print_best(definition, args.storage, summary.best_number)
+    if summary.failed_workers:
+        print(f"effscale search: {len(summary.failed_workers)} worker(s) exited with codes "
+              f"{', '.join(map(str, summary.failed_workers))}; rerun to finish the study")
+        return 1
+    return 0
+
+
+def _print_best(definition, storage: str | None, number: int | None) -> None:
+    from search.commands.status import load_trials, trial_record
+
+    if number is None:
+        print("no feasible trial has completed yet")
+        return
+    trials = load_trials(definition, storage)
+    record = trial_record(trials[number])
+    row = {"trial": number, "alpha": record["alpha"], "beta": record["beta"],
+           "gamma": record["gamma"], "AP": record["ap"], "cost ratio": record["cost_ratio"]}
+    if record.get("gmacs") is not None:
+        row["GMACs (phi=1)"] = record["gmacs"]
+    print_records([row], "table", title="Best feasible point")

@@ -1,0 +1,480 @@
+"""Run a study with Optuna: K worker processes sharing one storage, each pinned to a GPU slot.
+
+Counting. ``n_trials`` is the number of *finished* (COMPLETE or PRUNED) trials the study should
+hold. A run adds only ``n_trials − already finished`` trials, so rerunning a finished study adds
+none, and a run interrupted or with failed trials is completed by the next one. Within a run the
+workers draw tickets from one shared counter before each trial, so exactly the missing number of
+trials is started however fast they finish; ``MaxTrialsCallback`` also stops workers when other
+processes on the same storage have filled the study.
+
+Grid. Every worker's ``GridSampler`` gets the same seed, so trial ``i`` takes grid point ``i``
+(Optuna 5.0) and no point is sampled twice in the first pass. A rerun enqueues the points whose
+trials failed, and the objective skips (prunes) a point that another trial already holds.
+
+Workers. One worker runs in this process. More are ``multiprocessing`` spawn processes; with
+GPUs, slot ``k`` of ``gpus × trials_per_gpu`` sees only its GPU (``CUDA_VISIBLE_DEVICES``);
+on CPU, K training workers get ``cores // K`` torch threads each.
+A trial that raises is recorded FAIL with its ``error`` user attr and the study goes on.
+
+Nothing touches the storage until the study file, the options, the data and the GPUs have been
+checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from search.objective import Objective, train_inputs, trial_coordinates
+from search.space import grid_size
+from search.storage import StorageLocation, check_workers, open_storage, resolve_storage_url
+from search.study_file import DataSection, StudyDefinition
+
+__all__ = [
+    "RunSummary",
+    "run_study",
+    "prepare_data",
+    "make_sampler",
+    "make_pruner",
+    "best_trial",
+    "pareto_front",
+    "is_feasible",
+    "effscale_version",
+]
+
+_POLL_S = 1.0
+_FINISHED = ("COMPLETE", "PRUNED")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What :func:`run_study` did: the study, how many trials it started, the state counts after
+    it, the best feasible trial's number (``None`` if there is none yet) and the exit codes of
+    worker processes that failed (empty when all went well)."""
+
+    study_name: str
+    storage_url: str
+    target: int
+    started: int
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    best_number: int | None
+    failed_workers: tuple[int, ...] = ()
+
+
+# ------------------------------------------------------------------------------- trial reading
+
+
+def is_feasible(trial: Any) -> bool:
+    """Whether all of a trial's constraint values are <= 0 (Optuna's definition)."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def best_trial(trials: Sequence[Any]) -> Any | None:
+    """The feasible COMPLETE trial with the highest AP (the first objective), or ``None``."""
+    candidates = [t for t in trials if t.state.name == "COMPLETE" and is_feasible(t)
+                  and t.values and math.isfinite(t.values[0])]
+    return max(candidates, key=lambda t: (t.values[0], -t.number), default=None)
+
+
+def pareto_front(trials: Sequence[Any]) -> list[Any]:
+    """Feasible COMPLETE trials not dominated in (max AP, min MACs), by trial number."""
+    points = [t for t in trials if t.state.name == "COMPLETE" and is_feasible(t)
+              and t.values and len(t.values) == 2]
+
+    def dominates(a: Any, b: Any) -> bool:
+        (ap_a, macs_a), (ap_b, macs_b) = a.values, b.values
+        return ap_a >= ap_b and macs_a <= macs_b and (ap_a > ap_b or macs_a < macs_b)
+
+    return [t for t in points if not any(dominates(o, t) for o in points if o is not t)]
+
+
+def effscale_version() -> str:
+    """The installed effscale version (``0+unknown`` from a plain checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("effscale")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+# ---------------------------------------------------------------------------- samplers, pruners
+
+
+def make_sampler(definition: StudyDefinition, *, worker: int = 0) -> Any:
+    """The study's sampler for worker ``worker``: seeds differ per worker, except for the grid,
+    whose shared seed keeps the workers on one order of points."""
+    import optuna.samplers as samplers
+
+    name = definition.study.sampler
+    seed = definition.study.seed
+    if name == "grid":
+        return samplers.GridSampler(definition.grid(), seed=seed or 0)
+    worker_seed = None if seed is None else seed + worker
+    if name == "tpe":
+        return samplers.TPESampler(seed=worker_seed, multivariate=True, constant_liar=True)
+    if name == "gp":
+        return samplers.GPSampler(seed=worker_seed)
+    if name == "nsga2":
+        population = max(4, min(50, definition.target_trials() // 5))
+        return samplers.NSGAIISampler(seed=worker_seed, population_size=population)
+    return samplers.RandomSampler(seed=worker_seed)
+
+
+def make_pruner(definition: StudyDefinition) -> Any:
+    """The study's pruner (``NopPruner`` for ``kind = "none"``)."""
+    import optuna.pruners as pruners
+
+    kinds = {"none": pruners.NopPruner, "median": pruners.MedianPruner,
+             "hyperband": pruners.HyperbandPruner,
+             "successive_halving": pruners.SuccessiveHalvingPruner}
+    return kinds[definition.pruner.kind](**definition.pruner.kwargs())
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def _count_categories(data_dir: Path) -> int:
+    from detector.data.coco import split_paths
+
+    _, ann_file = split_paths(data_dir, "train")
+    split_paths(data_dir, "val")
+    categories = json.loads(ann_file.read_text()).get("categories") or []
+    if not categories:
+        raise ValueError(f"data.dir: {ann_file} lists no categories; give [base] num_classes")
+    return len(categories)
+
+
+def prepare_data(definition: StudyDefinition) -> tuple[DataSection | None, int]:
+    """The data section with ``dir`` pointing at real files, and the number of classes.
+
+    ``generate`` data is made once into ``.effscale-cache/`` next to the study file (named by a
+    hash of its settings) and reused. The classes are the data's; ``[base] num_classes``, when
+    given, must agree. A surrogate study needs no data: it gets ``(None, classes)`` with classes
+    from ``[base] num_classes`` (90 when not given).
+    """
+    d = definition
+    if d.objective.kind != "train" or d.data is None:
+        return None, d.base.num_classes or 90
+    data = d.data
+    if data.generate is not None:
+        g = data.generate
+        key = hashlib.sha256(json.dumps([g.train, g.val, g.seed, g.image_size, g.num_classes])
+                             .encode()).hexdigest()[:10]
+        folder = d.folder / ".effscale-cache" / f"data-{d.path.stem}-{key}"
+        if not (folder / "val" / "instances.json").is_file():
+            try:
+                from detector.data.synthetic import make_synthetic_coco
+            except ModuleNotFoundError as exc:
+                raise ValueError("data.generate: detector.data.synthetic is missing in this "
+                                 "checkout; use data.dir") from exc
+            try:
+                make_synthetic_coco(folder, n_train=g.train, n_val=g.val, seed=g.seed,
+                                    image_size=g.image_size, num_classes=g.num_classes)
+            except (OSError, ValueError):
+                if not (folder / "val" / "instances.json").is_file():  # not another process's
+                    raise
+        data = replace(data, dir=folder)
+        classes = g.num_classes
+    else:
+        assert data.dir is not None
+        classes = _count_categories(data.dir)
+    if d.base.num_classes not in (None, classes):
+        raise ValueError(f"base.num_classes: {d.base.num_classes}, but the data has {classes} "
+                         f"classes; drop num_classes or set it to {classes}")
+    return data, classes
+
+
+# -------------------------------------------------------------------------------------- workers
+
+
+class _Tickets:
+    """A counter shared by the workers: one ticket per trial to start."""
+
+    def __init__(self, count: int, context: Any) -> None:
+        self.value = context.Value("i", count)
+
+    def take(self) -> bool:
+        with self.value.get_lock():
+            if self.value.value <= 0:
+                return False
+            self.value.value -= 1
+            return True
+
+
+class _TicketCallback:
+    def __init__(self, tickets: _Tickets) -> None:
+        self.tickets = tickets
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if not self.tickets.take():
+            study.stop()
+
+
+@dataclass(frozen=True)
+class _WorkerJob:
+    definition: StudyDefinition
+    location: StorageLocation
+    study_name: str
+    index: int
+    gpu: int | None
+    pin_gpu: bool
+    data: DataSection | None
+    num_classes: int
+    target: int
+    threads: int | None = None
+
+
+def _device(job: _WorkerJob) -> str:
+    if job.definition.objective.kind != "train":
+        return "cpu"
+    if job.gpu is not None:
+        return "cuda" if job.pin_gpu else f"cuda:{job.gpu}"
+    device = job.definition.train.device
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _work(job: _WorkerJob, tickets: _Tickets,
+          on_trial: Callable[[Any, Any], None] | None = None) -> None:
+    """One worker: load the study, then run trials while tickets last."""
+    if job.gpu is not None and job.pin_gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    d = job.definition
+    training = d.objective.kind == "train"
+    if training and job.threads is not None:  # CPU workers share the cores instead of fighting
+        import torch
+
+        torch.set_num_threads(job.threads)
+    storage = open_storage(job.location, heartbeat=training)
+    study = optuna.load_study(study_name=job.study_name, storage=storage,
+                              sampler=make_sampler(d, worker=job.index), pruner=make_pruner(d))
+    objective = Objective(d, num_classes=job.num_classes, data=job.data, device=_device(job),
+                          gpu=job.gpu, quiet=True)  # one progress line: the search's
+    callbacks: list[Callable[[Any, Any], None]] = []
+    if d.study.sampler != "grid":
+        callbacks.append(optuna.study.MaxTrialsCallback(
+            job.target, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    callbacks.append(_TicketCallback(tickets))
+    if on_trial is not None:
+        callbacks.append(on_trial)
+    if not tickets.take():
+        return
+    study.optimize(objective, catch=(Exception,), callbacks=callbacks, gc_after_trial=training)
+
+
+# ------------------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich progress line (trials finished, best AP so far, feasible fraction), or nothing."""
+
+    def __init__(self, *, target: int, quiet: bool) -> None:
+        self.target = target
+        self.quiet = quiet
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> "_Progress":
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+                TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("trials"), BarColumn(bar_width=20),
+                                      MofNCompleteColumn(), TimeElapsedColumn(),
+                                      TextColumn("{task.fields[note]}"))
+            self._progress.start()
+            self._task = self._progress.add_task("search", total=self.target, note="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, trials: Sequence[Any]) -> None:
+        if self._progress is None:
+            return
+        finished = [t for t in trials if t.state.name in _FINISHED]
+        feasible = sum(1 for t in finished if t.user_attrs.get("feasible"))
+        note = f"feasible {feasible}/{len(finished)}"
+        best = best_trial(trials)
+        if best is not None:
+            c = trial_coordinates(best)
+            coords = " ".join(f"{k[0]} {c[k]:.3f}" for k in ("alpha", "beta", "gamma")
+                              if isinstance(c[k], (int, float)))
+            note = f"best AP {best.values[0]:.4f} (#{best.number}: {coords})  {note}"
+        self._progress.update(self._task, completed=min(len(finished), self.target), note=note)
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+def _slots(workers: int | None, gpus: Sequence[int], trials_per_gpu: int) -> list[int | None]:
+    if not gpus:
+        return [None] * (workers or 1)
+    slots = [gpu for gpu in gpus for _ in range(trials_per_gpu)]
+    if workers is not None and workers != len(slots):
+        raise ValueError(f"--workers: {len(gpus)} GPU(s) × {trials_per_gpu} trial(s) per GPU "
+                         f"make {len(slots)} slots, got --workers {workers}; drop --workers "
+                         f"or set it to {len(slots)}")
+    return slots
+
+
+def _check_gpus(gpus: Sequence[int]) -> None:
+    import torch
+
+    count = torch.cuda.device_count()
+    missing = [g for g in gpus if g >= count]
+    if missing:
+        raise ValueError(f"--gpus: GPU {missing[0]} is not visible (this machine has {count} "
+                         "CUDA device(s)); list indices below that")
+
+
+def _open_study(definition: StudyDefinition, location: StorageLocation, storage: Any) -> Any:
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=definition.study.name,
+                                directions=list(definition.directions), load_if_exists=True)
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise ValueError(f"study.name: study {definition.study.name!r} in {location.url} "
+                             "was not made by effscale search; choose another name")
+        study.set_user_attr("study_file", definition.text)
+        study.set_user_attr("study_file_path", str(definition.path))
+        study.set_user_attr("fingerprint", definition.fingerprint())
+        study.set_user_attr("effscale_version", effscale_version())
+    elif stored != definition.fingerprint():
+        raise ValueError(f"study.name: study {definition.study.name!r} in {location.url} was made "
+                         "from a different search definition ([base], [space], [constraint], "
+                         "[objective], [data], [train], sampler or objectives changed); restore "
+                         "them or give the study a new name")
+    return study
+
+
+def _grid_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
+
+
+def _remaining(definition: StudyDefinition, study: Any, target: int) -> int:
+    """Trials still to start; for a grid, enqueue failed points so that they are retried."""
+    trials = study.get_trials(deepcopy=False)
+    if definition.study.sampler != "grid":
+        return target - sum(1 for t in trials if t.state.name in _FINISHED)
+    done = {_grid_key(t.params) for t in trials
+            if t.state.name in _FINISHED and t.user_attrs.get("duplicate_of") is None}
+    queued = {_grid_key(t.system_attrs.get("fixed_params", {})) for t in trials
+              if t.state.name == "WAITING"}
+    for key in sorted({_grid_key(t.params) for t in trials if t.state.name == "FAIL"}
+                      - done - queued):
+        study.enqueue_trial(dict(key))
+    return target - len(done)
+
+
+def _summary(definition: StudyDefinition, location: StorageLocation, study: Any, target: int,
+             started: int, failed_workers: tuple[int, ...]) -> RunSummary:
+    trials = study.get_trials(deepcopy=False)
+    count = lambda state: sum(1 for t in trials if t.state.name == state)  # noqa: E731
+    best = best_trial(trials)
+    return RunSummary(
+        study_name=definition.study.name, storage_url=location.url, target=target,
+        started=started, n_complete=count("COMPLETE"), n_pruned=count("PRUNED"),
+        n_failed=count("FAIL"), best_number=None if best is None else best.number,
+        failed_workers=failed_workers,
+    )
+
+
+def run_study(
+    definition: StudyDefinition,
+    *,
+    n_trials: int | None = None,
+    workers: int | None = None,
+    gpus: Sequence[int] | None = None,
+    trials_per_gpu: int | None = None,
+    storage: str | None = None,
+    quiet: bool = False,
+) -> RunSummary:
+    """Run (or resume) the study until it holds ``n_trials`` finished trials.
+
+    ``None`` options take the study file's value (``[study] n_trials``, ``[execution] workers``,
+    ``gpus``, ``trials_per_gpu``, ``[study] storage``). With ``gpus``, the workers are the GPU
+    slots (``len(gpus) × trials_per_gpu``). ``quiet`` turns the progress display off.
+    """
+    import optuna
+
+    d = definition
+    ex = d.execution
+    target = n_trials if n_trials is not None else d.target_trials()
+    if target < 1:
+        raise ValueError(f"--n-trials: must be >= 1, got {target}")
+    if d.study.sampler == "grid" and target > grid_size(d.grid()):
+        raise ValueError(f"--n-trials: {target} exceeds the {grid_size(d.grid())} grid points "
+                         f"(a grid point never runs twice); use at most {grid_size(d.grid())}")
+    gpu_list = tuple(ex.gpus if gpus is None else gpus)
+    per_gpu = ex.trials_per_gpu if trials_per_gpu is None else trials_per_gpu
+    if per_gpu < 1:
+        raise ValueError(f"--trials-per-gpu: must be >= 1, got {per_gpu}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers: must be >= 1, got {workers}")
+    slots = _slots(workers if workers is not None else (None if gpu_list else ex.workers),
+                   gpu_list, per_gpu)
+    location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
+    check_workers(location, len(slots))
+    data, num_classes = prepare_data(d)
+    if d.objective.kind == "train":
+        train_inputs(d, data)  # the training settings are valid before the storage is touched
+        if gpu_list:
+            _check_gpus(gpu_list)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = _open_study(d, location, open_storage(location))
+    remaining = _remaining(d, study, target)
+    if remaining <= 0:
+        return _summary(d, location, study, target, 0, ())
+    before = len(study.get_trials(deepcopy=False))
+
+    context = multiprocessing.get_context("spawn")
+    tickets = _Tickets(remaining, context)
+    threads = (max(1, (os.cpu_count() or 1) // len(slots))
+               if len(slots) > 1 and not gpu_list else None)
+    jobs = [_WorkerJob(definition=d, location=location, study_name=d.study.name, index=i,
+                       gpu=gpu, pin_gpu=len(slots) > 1, data=data, num_classes=num_classes,
+                       target=target, threads=threads)
+            for i, gpu in enumerate(slots)]
+    failed: list[int] = []
+    with _Progress(target=target, quiet=quiet) as progress:
+        progress.update(study.get_trials(deepcopy=False))
+        if len(jobs) == 1:
+            _work(jobs[0], tickets, on_trial=None if quiet else
+                  lambda s, _t: progress.update(s.get_trials(deepcopy=False)))
+        else:
+            processes = [context.Process(target=_work, args=(job, tickets),
+                                         name=f"effscale-worker-{job.index}") for job in jobs]
+            for process in processes:
+                process.start()
+            while any(p.is_alive() for p in processes):
+                time.sleep(_POLL_S)
+                progress.update(study.get_trials(deepcopy=False))
+            for process in processes:
+                process.join()
+            failed = [p.exitcode for p in processes if p.exitcode]
+        progress.update(study.get_trials(deepcopy=False))
+    started = len(study.get_trials(deepcopy=False)) - before
+    return _summary(d, location, study, target, started, tuple(failed))
