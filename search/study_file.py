@@ -21,7 +21,8 @@ Sections (see ``studies/*.toml`` for commented examples)::
     [train]      one of epochs|steps|seconds; batch_size, lr, optimizer, device, num_workers
     [pruner]     kind = none|median|hyperband|successive_halving, plus that pruner's options
     [objective]  kind = train|surrogate; [objective.surrogate] A, c, p, noise
-    [execution]  backend = optuna|ray, workers, gpus, trials_per_gpu
+    [execution]  backend = optuna|ray, workers, gpus, trials_per_gpu; for ray also address,
+                 cpus_per_trial, gpus_per_trial, max_concurrent, max_failures, storage_path
 """
 
 from __future__ import annotations
@@ -288,12 +289,25 @@ class ObjectiveSection:
 @dataclass(frozen=True)
 class ExecutionSection:
     """``[execution]``: ``backend``, parallel ``workers``, ``gpus`` (device indices) and
-    ``trials_per_gpu``; the command line overrides each."""
+    ``trials_per_gpu``; the command line overrides each.
+
+    Ray backend only (see ``docs/cluster.md``): ``address`` of a running cluster (``"auto"`` or
+    ``host:port``; ``None`` starts a local Ray), ``cpus_per_trial`` and ``gpus_per_trial``
+    (fractions below 1 share a device; ``None``: ``1 / trials_per_gpu`` with ``gpus``, else 0),
+    ``max_concurrent`` trials (``None``: as many as the cluster fits), ``max_failures`` (retries
+    of a crashed trial) and ``storage_path``, the folder of Ray Tune's experiment state (absolute;
+    ``None``: ``<study-file-stem>.ray`` next to the study file)."""
 
     backend: str = "optuna"
     workers: int = 1
     gpus: tuple[int, ...] = ()
     trials_per_gpu: int = 1
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    storage_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -649,7 +663,7 @@ def _read_objective(table: _Table | None) -> ObjectiveSection:
     return ObjectiveSection(kind=kind, surrogate=constants)
 
 
-def _read_execution(table: _Table | None) -> ExecutionSection:
+def _read_execution(table: _Table | None, folder: Path) -> ExecutionSection:
     if table is None:
         return ExecutionSection()
     gpus = table.raw("gpus", [])
@@ -657,11 +671,37 @@ def _read_execution(table: _Table | None) -> ExecutionSection:
             or len(set(gpus)) != len(gpus):
         raise _KeyError(table.key("gpus"), f"must be a list of distinct device indices, got "
                         f"{gpus!r}", "write gpus = [0, 1]")
+    address = table.raw("address", None)
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise _KeyError(table.key("address"), f"must be a non-empty string, got {address!r}",
+                        "write address = \"auto\" or address = \"host:6379\"")
+    cpus = table.number("cpus_per_trial", 1.0)
+    if cpus <= 0:
+        raise _KeyError(table.key("cpus_per_trial"), f"must be > 0, got {cpus:g}",
+                        "e.g. cpus_per_trial = 1")
+    gpus_per_trial = table.number("gpus_per_trial", None)
+    if gpus_per_trial is not None and (gpus_per_trial < 0 or (
+            gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial))):
+        raise _KeyError(table.key("gpus_per_trial"), f"must be a fraction in [0, 1] or a whole "
+                        f"number, got {gpus_per_trial:g}", "e.g. gpus_per_trial = 0.25")
+    storage_path = table.raw("storage_path", None)
+    if storage_path is not None:
+        if not isinstance(storage_path, str) or not storage_path.strip():
+            raise _KeyError(table.key("storage_path"), f"must be a folder path, got "
+                            f"{storage_path!r}", "write storage_path = \"ray-results\" "
+                            "(relative to the study file)")
+        storage_path = (folder / storage_path).resolve()
     return ExecutionSection(
         backend=table.choice("backend", BACKENDS, "optuna"),
         workers=table.int("workers", 1, low=1),
         gpus=tuple(gpus),
         trials_per_gpu=table.int("trials_per_gpu", 1, low=1),
+        address=address,
+        cpus_per_trial=cpus,
+        gpus_per_trial=gpus_per_trial,
+        max_concurrent=table.int("max_concurrent", None, low=1),
+        max_failures=table.int("max_failures", 1, low=0),
+        storage_path=storage_path,
     )
 
 
@@ -711,6 +751,8 @@ def _check_models(d: StudyDefinition) -> None:
                             "raise phi_proxy or resolution") from None
 
 
+_EXECUTION_KEYS = ("backend", "workers", "gpus", "trials_per_gpu", "address", "cpus_per_trial",
+                   "gpus_per_trial", "max_concurrent", "max_failures", "storage_path")
 _SECTIONS = ("study", "base", "space", "constraint", "data", "train", "pruner", "objective",
              "execution")
 
@@ -760,8 +802,7 @@ def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
             pruner=_read_pruner(root.table("pruner", ("kind", *{
                 k for options in PRUNER_OPTIONS.values() for k in options}))),
             objective=objective,
-            execution=_read_execution(root.table("execution", ("backend", "workers", "gpus",
-                                                               "trials_per_gpu"))),
+            execution=_read_execution(root.table("execution", _EXECUTION_KEYS), path.parent),
             raw=raw,
         )
         _check_combinations(definition)

@@ -31,6 +31,43 @@ def _positive(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < float("inf")) or (value > 1 and value % 1):
+        raise argparse.ArgumentTypeError(
+            f"invalid GPU share {text!r}; use a fraction in [0, 1] such as 0.25, or a whole number")
+    return value
+
+
+def _cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid CPU count {text!r}; use a number > 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use an integer >= 0")
+    return value
+
+
+#: the Ray-only options: (argument name, ray_runner.run_study keyword)
+_RAY_OPTIONS = (("--address", "address"), ("--cpus-per-trial", "cpus_per_trial"),
+                ("--gpus-per-trial", "gpus_per_trial"), ("--max-concurrent", "max_concurrent"),
+                ("--max-failures", "max_failures"))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``search`` command."""
     parser = subparsers.add_parser(
@@ -51,6 +88,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", metavar="URL",
                         help="override [study] storage (sqlite:///x.db, journal:///x.journal, "
                              "postgresql://..)")
+    parser.add_argument("--backend", choices=("optuna", "ray"),
+                        help="override [execution] backend (ray: run the trials with Ray Tune, "
+                             "see docs/cluster.md)")
+    ray = parser.add_argument_group("Ray backend", "only with --backend ray (or [execution] "
+                                    "backend = \"ray\"); defaults from [execution]")
+    ray.add_argument("--address", metavar="auto|HOST:PORT",
+                     help="join a running Ray cluster (default: start a local Ray)")
+    ray.add_argument("--cpus-per-trial", type=_cpus, metavar="C", help="CPUs per trial (1)")
+    ray.add_argument("--gpus-per-trial", type=_share, metavar="G",
+                     help="GPUs per trial; fractions share a GPU (default 1/trials_per_gpu "
+                          "with --gpus, else 0)")
+    ray.add_argument("--max-concurrent", type=_positive, metavar="N",
+                     help="trials running at once (default: what the cluster fits)")
+    ray.add_argument("--max-failures", type=_count, metavar="R",
+                     help="retries of a crashed trial before it is recorded FAIL (1)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(func=run)
 
@@ -60,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
     from search.study_file import load_study_file
 
     definition = load_study_file(args.study)
-    if definition.execution.backend == "ray":
+    backend = getattr(args, "backend", None) or definition.execution.backend
+    ray_options = {key: getattr(args, key, None) for _, key in _RAY_OPTIONS}
+    given = [flag for flag, key in _RAY_OPTIONS if ray_options[key] is not None]
+    if backend != "ray" and given:
+        raise ValueError(f"{given[0]}: only for the Ray backend; add --backend ray or drop it")
+    if backend == "ray":
         try:
             from search.runners.ray_runner import run_study
         except ModuleNotFoundError as exc:
@@ -70,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
                              "set backend = \"optuna\"") from None
     else:
         from search.runners.optuna_runner import run_study
+    extra = ray_options if backend == "ray" else {}
     summary = run_study(definition, n_trials=args.n_trials, workers=args.workers,
                         gpus=args.gpus, trials_per_gpu=args.trials_per_gpu,
-                        storage=args.storage, quiet=args.quiet)
+                        storage=args.storage, quiet=args.quiet, **extra)
     print(f"study {summary.study_name!r}: {summary.n_complete} complete, {summary.n_pruned} "
           f"pruned, {summary.n_failed} failed ({summary.started} started now, "
           f"{summary.target} wanted) in {summary.storage_url}")
