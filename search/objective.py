@@ -21,13 +21,31 @@ User attrs of every trial: ``cost_ratio``, ``feasible``, the φ=1 model's effect
 coordinate that is fixed rather than sampled. Trained trials add ``ap``, ``ap50``, ``ap75``,
 ``aps``, ``apm``, ``apl`` (``None`` where COCOeval has no objects of that size),
 ``images_per_s``, ``train_seconds`` and ``last_epoch`` (``pruned_at_epoch`` when the pruner
-stopped them); failed ones ``error`` (and ``diverged_step``); a worker on a GPU slot records
-``gpu``; a grid point already held by another trial is pruned with ``skip_reason`` and
-``duplicate_of``.
+stopped them); a worker on a GPU slot records ``gpu``; a grid point already held by another
+trial is pruned with ``skip_reason`` and ``duplicate_of``.
+
+What can go wrong, and how each trial ends (``docs/reliability.md``):
+
+* an exception: FAIL with ``error`` (one line) and ``fail_reason`` ``"error"``;
+* a non-finite AP (NaN or ±inf, from training or the surrogate): FAIL, ``fail_reason``
+  ``"non_finite"``. It is never returned: Optuna would record ``+inf`` as COMPLETE and, when
+  maximizing, as the best value;
+* GPU out of memory (``torch.cuda.OutOfMemoryError``, or a ``RuntimeError`` saying "out of
+  memory"): the memory is released (``gc.collect()``, ``torch.cuda.empty_cache()``) and the
+  training retried once at half the batch (``oom_retry_batch_size``); a second OOM, or a batch
+  that cannot be halved, ends FAIL with ``fail_reason`` ``"oom"`` and the study goes on;
+* a NaN or infinite loss (``detector.train.DivergedError``): PRUNED with ``prune_reason``
+  ``"diverged"``, ``diverged_step`` and ``error``; never COMPLETE with AP 0;
+* a worker killed mid-trial: see :mod:`search.storage` (``fail_reason`` ``"worker_lost"``, then
+  one retry with ``retry_of``).
+
+PRUNED trials carry ``prune_reason``: ``"infeasible"``, ``"duplicate"``, ``"pruner"`` or
+``"diverged"``.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -62,7 +80,10 @@ __all__ = [
     "CONSTRAINT_NAME",
     "METRIC_NAMES",
     "NonFiniteObjectiveError",
+    "TrialOutOfMemoryError",
     "Objective",
+    "is_out_of_memory",
+    "release_memory",
     "proxy_dimensions",
     "family_spec",
     "build_configs",
@@ -80,6 +101,51 @@ METRIC_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
 
 class NonFiniteObjectiveError(ValueError):
     """The objective value came out NaN or infinite; the trial is failed, never COMPLETE."""
+
+
+class TrialOutOfMemoryError(RuntimeError):
+    """Training ran out of memory (after the retry at half the batch); the trial is failed with
+    ``fail_reason = "oom"``. It holds only the message: no frame, so no tensor, stays alive."""
+
+
+#: substrings of a RuntimeError's message that mean an allocation failed
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``torch.cuda.OutOfMemoryError`` (alias
+    ``torch.OutOfMemoryError``), or a ``RuntimeError`` whose message says so (CUDA, MPS, the
+    CPU allocator)."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MESSAGES))
+
+
+def release_memory() -> None:
+    """Free what a failed training left behind: collect garbage (the frames of the caught
+    exception hold the model, the optimizer and the batch), then return the CUDA cache to the
+    driver when CUDA is available."""
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _fail_reason(exc: BaseException) -> str:
+    if isinstance(exc, NonFiniteObjectiveError):
+        return "non_finite"
+    if isinstance(exc, TrialOutOfMemoryError) or is_out_of_memory(exc):
+        return "oom"
+    return "error"
 
 
 def proxy_dimensions(base: BaseSection) -> ScaledDimensions:
@@ -257,6 +323,7 @@ class Objective:
             raise
         except Exception as exc:
             trial.set_user_attr("error", _one_line(exc))
+            trial.set_user_attr("fail_reason", _fail_reason(exc))
             raise
 
     def _evaluate(self, trial: Any) -> float | tuple[float, float]:
@@ -275,11 +342,13 @@ class Objective:
         if not point.feasible:
             reason = self._infeasible_reason(point)
             trial.set_user_attr("infeasible_reason", reason)
+            trial.set_user_attr("prune_reason", "infeasible")
             raise optuna.TrialPruned(reason)
         if d.study.sampler == "grid":
             duplicate = _duplicate_grid_point(trial)
             if duplicate is not None:
                 trial.set_user_attr("skip_reason", duplicate)
+                trial.set_user_attr("prune_reason", "duplicate")
                 raise optuna.TrialPruned(duplicate)
 
         if d.objective.kind == "surrogate":
@@ -336,9 +405,11 @@ class Objective:
             depth, width, resolution = effective_multipliers(phi0, phi1)
         else:
             depth, width, resolution = point.alpha, point.beta, point.gamma
-        ap = surrogate_accuracy(d.objective.surrogate, depth=depth, width=width,
-                                resolution=resolution,
-                                noise_seed=(d.study.seed or 0, trial.number))
+        ap = float(surrogate_accuracy(d.objective.surrogate, depth=depth, width=width,
+                                      resolution=resolution,
+                                      noise_seed=(d.study.seed or 0, trial.number)))
+        if not math.isfinite(ap):
+            raise NonFiniteObjectiveError(f"AP is {ap}; the trial is failed, not recorded")
         trial.set_user_attr("ap", ap)
         return ap
 
@@ -357,18 +428,49 @@ class Objective:
             if not math.isfinite(ap):
                 raise NonFiniteObjectiveError(f"AP is {ap} after epoch {epoch}")
             if single:  # Optuna cannot report or prune multi-objective trials
-                trial.report(ap, epoch)
+                if epoch not in trial_reported:  # a retry at half the batch reports again
+                    trial_reported.add(epoch)
+                    trial.report(ap, epoch)
                 if trial.should_prune():
                     trial.set_user_attr("pruned_at_epoch", epoch)
+                    trial.set_user_attr("prune_reason", "pruner")
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} at AP {ap:.4f}")
 
+        trial_reported: set[int] = set()
         data, settings = self._train_inputs
-        try:
-            result = trainer(phi1, data=data, settings=settings, device=self.device,
-                             on_epoch=on_epoch, quiet=self.quiet)
-        except DivergedError as exc:
-            trial.set_user_attr("diverged_step", int(exc.step))
-            raise
+        oom: str | None = None
+        diverged: tuple[int, str] | None = None
+        result = None
+        for attempt in range(2):
+            try:
+                result = trainer(phi1, data=data, settings=settings, device=self.device,
+                                 on_epoch=on_epoch, quiet=self.quiet)
+            except DivergedError as exc:
+                diverged = (int(exc.step), _one_line(exc))
+            except Exception as exc:  # noqa: BLE001 - only allocation failures are handled here
+                if not is_out_of_memory(exc):
+                    raise
+                oom = _one_line(exc)
+            # outside the handler: the exception and its frames (model, batch) are gone now
+            if diverged is not None:
+                release_memory()
+                step, message = diverged
+                trial.set_user_attr("diverged_step", step)
+                trial.set_user_attr("prune_reason", "diverged")
+                trial.set_user_attr("error", message)
+                raise optuna.TrialPruned(f"diverged at step {step}")
+            if result is not None:
+                break
+            release_memory()
+            half = settings.batch_size // 2
+            if attempt == 1 or half < 2:
+                why = "after the retry at half the batch" if attempt else \
+                    f"and batch {settings.batch_size} cannot be halved (BatchNorm needs 2)"
+                raise TrialOutOfMemoryError(f"out of memory {why}: {oom}")
+            trial.set_user_attr("oom_retry_batch_size", half)
+            trial.set_user_attr("oom_error", oom)
+            settings = replace(settings, batch_size=half)
+        assert result is not None
         for name in METRIC_NAMES:  # an undefined size breakdown (NaN) is stored as None
             value = float(result.metrics.get(name, math.nan))
             trial.set_user_attr(name, value if math.isfinite(value) else None)

@@ -608,7 +608,7 @@ def _read_pruner(table: _Table | None) -> PrunerSection:
     if table is None:
         return PrunerSection()
     kind = table.data.get("kind", "none")
-    if kind not in PRUNER_OPTIONS:
+    if not isinstance(kind, str) or kind not in PRUNER_OPTIONS:
         raise _KeyError(table.key("kind"), f"unknown value {kind!r}",
                         f"choose one of {', '.join(PRUNER_OPTIONS)}")
     allowed = PRUNER_OPTIONS[kind]

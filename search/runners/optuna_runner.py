@@ -16,6 +16,15 @@ GPUs, slot ``k`` of ``gpus × trials_per_gpu`` sees only its GPU (``CUDA_VISIBLE
 on CPU, K training workers get ``cores // K`` torch threads each.
 A trial that raises is recorded FAIL with its ``error`` user attr and the study goes on.
 
+Dead workers. Each trial records its worker (:data:`search.storage.WORKER_ATTR`); journal
+storages get effscale's heartbeat thread, RDB storages Optuna's heartbeat when trials train (or
+when ``EFFSCALE_HEARTBEAT_INTERVAL`` is set). Before a run, between trials (at most once per
+heartbeat interval) and after the workers exit, :func:`search.storage.sweep_stale_trials` fails
+the trials of dead workers (``fail_reason = "worker_lost"``) and enqueues each once more with the
+same params (``retry_of``); a sweep inside a run hands the ticket back, so the retry runs in the
+same run. Interval and grace period: ``heartbeat_interval``/``grace_period`` arguments, else
+``EFFSCALE_HEARTBEAT_INTERVAL``/``EFFSCALE_GRACE_PERIOD``, else 60 s / 180 s.
+
 Nothing touches the storage until the study file, the options, the data and the GPUs have been
 checked.
 """
@@ -35,7 +44,19 @@ from typing import Any
 
 from search.objective import Objective, train_inputs, trial_coordinates
 from search.space import grid_size
-from search.storage import StorageLocation, check_workers, open_storage, resolve_storage_url
+from search.storage import (
+    WORKER_ATTR,
+    HeartbeatSettings,
+    StorageLocation,
+    TrialHeartbeat,
+    check_workers,
+    heartbeat_forced,
+    heartbeat_settings,
+    open_storage,
+    resolve_storage_url,
+    sweep_stale_trials,
+    worker_identity,
+)
 from search.study_file import DataSection, StudyDefinition
 
 __all__ = [
@@ -111,16 +132,27 @@ def effscale_version() -> str:
 # ---------------------------------------------------------------------------- samplers, pruners
 
 
-def make_sampler(definition: StudyDefinition, *, worker: int = 0) -> Any:
+def make_sampler(definition: StudyDefinition, *, worker: int = 0, resumed_at: int = 0) -> Any:
     """The study's sampler for worker ``worker``: seeds differ per worker, except for the grid,
-    whose shared seed keeps the workers on one order of points."""
+    whose shared seed keeps the workers on one order of points. ``resumed_at`` is the number of
+    trials the study held when this run began: a resumed run gets other seeds than the first
+    one (which would otherwise draw the same random start-up points again), and the same
+    study state always gives the same seeds."""
     import optuna.samplers as samplers
 
     name = definition.study.sampler
     seed = definition.study.seed
     if name == "grid":
         return samplers.GridSampler(definition.grid(), seed=seed or 0)
-    worker_seed = None if seed is None else seed + worker
+    if seed is None:
+        worker_seed = None
+    elif resumed_at:
+        import numpy as np
+
+        worker_seed = int(np.random.SeedSequence([seed, worker, resumed_at])
+                          .generate_state(1)[0])
+    else:
+        worker_seed = seed + worker
     if name == "tpe":
         return samplers.TPESampler(seed=worker_seed, multivariate=True, constant_liar=True)
     if name == "gp":
@@ -203,6 +235,7 @@ class _Tickets:
 
     def __init__(self, count: int, context: Any) -> None:
         self.value = context.Value("i", count)
+        self.retries = context.Value("i", 0)
 
     def take(self) -> bool:
         with self.value.get_lock():
@@ -210,6 +243,18 @@ class _Tickets:
                 return False
             self.value.value -= 1
             return True
+
+    def count_retries(self, seen: int) -> None:
+        """``seen`` retries were enqueued during this run (by any worker, by effscale's sweep or
+        Optuna's heartbeat callback): hand back one ticket for each not counted yet, since each
+        replaces a trial that took a ticket and died."""
+        with self.retries.get_lock():
+            new = seen - self.retries.value
+            if new <= 0:
+                return
+            self.retries.value = seen
+        with self.value.get_lock():
+            self.value.value += new
 
 
 class _TicketCallback:
@@ -233,6 +278,49 @@ class _WorkerJob:
     num_classes: int
     target: int
     threads: int | None = None
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
+    rdb_heartbeat: bool = False
+    resumed_at: int = 0
+
+
+class _GuardedObjective:
+    """The objective, with the worker's identity written to each trial first and, on journal
+    storages, a heartbeat thread while it runs (see :mod:`search.storage`)."""
+
+    def __init__(self, objective: Objective, *, journal: bool,
+                 heartbeat: HeartbeatSettings, rdb_heartbeat: bool) -> None:
+        self.objective = objective
+        self.journal_interval = heartbeat.interval if journal else None
+        recorded = heartbeat.interval if (journal or rdb_heartbeat) else None
+        self.identity = worker_identity(recorded)
+
+    def __call__(self, trial: Any) -> Any:
+        trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, self.identity)
+        if self.journal_interval is None:
+            return self.objective(trial)
+        with TrialHeartbeat(trial.storage, trial._trial_id, self.journal_interval):
+            return self.objective(trial)
+
+
+class _SweepCallback:
+    """Between trials, at most once per heartbeat interval: fail and retry the trials of dead
+    workers, and hand a ticket back for each retry enqueued during this run (trial numbers from
+    ``first_number`` on), so that the retries run in this run."""
+
+    def __init__(self, tickets: _Tickets, heartbeat: HeartbeatSettings, first_number: int) -> None:
+        self.tickets = tickets
+        self.heartbeat = heartbeat
+        self.first_number = first_number
+        self._next = time.monotonic() + heartbeat.interval
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.heartbeat.interval
+        sweep_stale_trials(study, self.heartbeat)
+        self.tickets.count_retries(sum(
+            1 for t in study.get_trials(deepcopy=False)
+            if t.number >= self.first_number and t.user_attrs.get("retry_of") is not None))
 
 
 def _device(job: _WorkerJob) -> str:
@@ -263,15 +351,21 @@ def _work(job: _WorkerJob, tickets: _Tickets,
         import torch
 
         torch.set_num_threads(job.threads)
-    storage = open_storage(job.location, heartbeat=training)
+    storage = open_storage(job.location,
+                           heartbeat=job.heartbeat if job.rdb_heartbeat else False)
     study = optuna.load_study(study_name=job.study_name, storage=storage,
-                              sampler=make_sampler(d, worker=job.index), pruner=make_pruner(d))
-    objective = Objective(d, num_classes=job.num_classes, data=job.data, device=_device(job),
-                          gpu=job.gpu, quiet=True)  # one progress line: the search's
+                              sampler=make_sampler(d, worker=job.index, resumed_at=job.resumed_at),
+                              pruner=make_pruner(d))
+    objective = _GuardedObjective(
+        Objective(d, num_classes=job.num_classes, data=job.data, device=_device(job),
+                  gpu=job.gpu, quiet=True),  # one progress line: the search's
+        journal=job.location.kind == "journal", heartbeat=job.heartbeat,
+        rdb_heartbeat=job.rdb_heartbeat)
     callbacks: list[Callable[[Any, Any], None]] = []
     if d.study.sampler != "grid":
         callbacks.append(optuna.study.MaxTrialsCallback(
             job.target, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    callbacks.append(_SweepCallback(tickets, job.heartbeat, job.resumed_at))
     callbacks.append(_TicketCallback(tickets))
     if on_trial is not None:
         callbacks.append(on_trial)
@@ -380,7 +474,7 @@ def _remaining(definition: StudyDefinition, study: Any, target: int) -> int:
         return target - sum(1 for t in trials if t.state.name in _FINISHED)
     done = {_grid_key(t.params) for t in trials
             if t.state.name in _FINISHED and t.user_attrs.get("duplicate_of") is None}
-    queued = {_grid_key(t.system_attrs.get("fixed_params", {})) for t in trials
+    queued = {_grid_key(t.system_attrs.get("fixed_params") or t.params) for t in trials
               if t.state.name == "WAITING"}
     for key in sorted({_grid_key(t.params) for t in trials if t.state.name == "FAIL"}
                       - done - queued):
@@ -410,12 +504,17 @@ def run_study(
     trials_per_gpu: int | None = None,
     storage: str | None = None,
     quiet: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> RunSummary:
     """Run (or resume) the study until it holds ``n_trials`` finished trials.
 
     ``None`` options take the study file's value (``[study] n_trials``, ``[execution] workers``,
     ``gpus``, ``trials_per_gpu``, ``[study] storage``). With ``gpus``, the workers are the GPU
     slots (``len(gpus) × trials_per_gpu``). ``quiet`` turns the progress display off.
+    ``heartbeat_interval`` and ``grace_period`` (seconds) override ``EFFSCALE_HEARTBEAT_INTERVAL``
+    and ``EFFSCALE_GRACE_PERIOD`` (default 60 / 180); giving either turns Optuna's heartbeat on
+    for RDB storages even for surrogate trials.
     """
     import optuna
 
@@ -437,6 +536,10 @@ def run_study(
                    gpu_list, per_gpu)
     location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
     check_workers(location, len(slots))
+    beat = heartbeat_settings(heartbeat_interval, grace_period)
+    rdb_heartbeat = location.kind != "journal" and (
+        d.objective.kind == "train" or heartbeat_forced()
+        or heartbeat_interval is not None or grace_period is not None)
     data, num_classes = prepare_data(d)
     if d.objective.kind == "train":
         train_inputs(d, data)  # the training settings are valid before the storage is touched
@@ -444,11 +547,15 @@ def run_study(
             _check_gpus(gpu_list)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _open_study(d, location, open_storage(location))
+    study = _open_study(d, location,
+                        open_storage(location, heartbeat=beat if rdb_heartbeat else False))
+    sweep_stale_trials(study, beat)  # trials of workers killed in an earlier run
     remaining = _remaining(d, study, target)
     if remaining <= 0:
         return _summary(d, location, study, target, 0, ())
-    before = len(study.get_trials(deepcopy=False))
+    trials_before = study.get_trials(deepcopy=False)
+    before = len(trials_before)
+    waiting = {t.number for t in trials_before if t.state.name == "WAITING"}  # retries, grid
 
     context = multiprocessing.get_context("spawn")
     tickets = _Tickets(remaining, context)
@@ -456,7 +563,8 @@ def run_study(
                if len(slots) > 1 and not gpu_list else None)
     jobs = [_WorkerJob(definition=d, location=location, study_name=d.study.name, index=i,
                        gpu=gpu, pin_gpu=len(slots) > 1, data=data, num_classes=num_classes,
-                       target=target, threads=threads)
+                       target=target, threads=threads, heartbeat=beat,
+                       rdb_heartbeat=rdb_heartbeat, resumed_at=before)
             for i, gpu in enumerate(slots)]
     failed: list[int] = []
     with _Progress(target=target, quiet=quiet) as progress:
@@ -475,6 +583,10 @@ def run_study(
             for process in processes:
                 process.join()
             failed = [p.exitcode for p in processes if p.exitcode]
+            if failed:  # fail the trials of the dead workers now; the rerun runs their retries
+                sweep_stale_trials(study, beat)
         progress.update(study.get_trials(deepcopy=False))
-    started = len(study.get_trials(deepcopy=False)) - before
+    trials_after = study.get_trials(deepcopy=False)
+    started = len(trials_after) - before + sum(
+        1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
     return _summary(d, location, study, target, started, tuple(failed))

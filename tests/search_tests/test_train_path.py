@@ -70,14 +70,15 @@ def _optimize(d, objective, n_trials, pruner=None):
     return study
 
 
-def test_divergence_fails_the_trial_with_its_step(surrogate_study):
+def test_divergence_prunes_the_trial_with_its_step(surrogate_study):
     def diverging(config, **kw):
         raise DivergedError(7, math.nan)
 
     d = tiny_training_study(surrogate_study)
     study = _optimize(d, _objective(d, diverging), 2)
-    for trial in study.trials:
-        assert trial.state.name == "FAIL"
+    for trial in study.trials:  # issue #8: PRUNED with a reason, never COMPLETE with AP 0
+        assert trial.state.name == "PRUNED" and trial.value is None
+        assert trial.user_attrs["prune_reason"] == "diverged"
         assert trial.user_attrs["diverged_step"] == 7
         assert trial.user_attrs["error"].startswith("DivergedError: training diverged at step 7")
 
