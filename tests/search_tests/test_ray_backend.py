@@ -107,9 +107,15 @@ def test_a_failing_trial_is_retried_then_failed_and_replaced(ray_local, surrogat
                             "space.alpha": "{low = 1.0, high = 1.5, step = 0.1}",
                             "space.beta": "[1.0, 1.1]"})
     summary = ray_runner.run_study(load_study_file(path), quiet=True, max_failures=1)
-    assert (summary.n_complete + summary.n_pruned, summary.n_failed) == (6, 1)
     trials = load(path)
-    assert len(finished(trials)) == 6 and len(trials) == 7
+    # two trials run at once: a grid point that another running trial holds may be drawn again,
+    # and that trial is PRUNED as a duplicate (``duplicate_of``) without training, then replaced
+    duplicates = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert all(t.state.name == "PRUNED" for t in duplicates)
+    assert summary.n_failed == 1
+    assert summary.n_complete + summary.n_pruned - len(duplicates) == 6
+    assert len(finished(trials)) - len(duplicates) == 6 and len(trials) == 7 + len(duplicates)
+    trials = [t for t in trials if "duplicate_of" not in t.user_attrs]
     failed, retried = trials[1], trials[2]
     assert failed.state.name == "FAIL" and failed.system_attrs[ray_runner.ATTEMPTS_ATTR] == 2
     assert failed.user_attrs["error"] == \
