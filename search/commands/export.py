@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from search.commands._types import nonnegative_int
 from search.commands._output import print_records
 
 __all__ = ["register", "run", "spec_from_args"]
@@ -33,16 +34,6 @@ _FIELD_FLAGS = {
 }
 
 
-def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid trial number {text!r}; use an integer >= 0")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` command."""
     parser = subparsers.add_parser(
@@ -55,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("study", metavar="STUDY.toml", nargs="?",
                         help="the study file (omit it to export given coefficients)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--trial", type=_nonnegative, metavar="N",
+    which.add_argument("--trial", type=nonnegative_int("trial number"), metavar="N",
                        help="export trial N (feasible, COMPLETE; a Pareto trial for two "
                             "objectives)")
     which.add_argument("--best", action="store_true",

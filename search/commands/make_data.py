@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from search.commands._types import nonnegative_int, positive_int
+
 __all__ = ["register", "run", "parse_image_size"]
 
 
@@ -23,26 +25,6 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a positive integer")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}; use a non-negative integer")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``make-data`` command to ``subparsers``; its handler is :func:`run`."""
     parser = subparsers.add_parser(
@@ -54,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("dir", metavar="DIR", help="dataset folder to create (must be new or empty)")
-    parser.add_argument("--train", type=_positive_int, default=256, metavar="N", help="training images (default 256)")
-    parser.add_argument("--val", type=_positive_int, default=64, metavar="N", help="validation images (default 64)")
-    parser.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--train", type=positive_int(), default=256, metavar="N", help="training images (default 256)")
+    parser.add_argument("--val", type=positive_int(), default=64, metavar="N", help="validation images (default 64)")
+    parser.add_argument("--seed", type=nonnegative_int("seed"), default=0, metavar="S", help="random seed (default 0)")
     parser.add_argument(
         "--image-size", type=parse_image_size, default=(256, 256), metavar="SIZE",
         help="image size in pixels: N for square or HxW, height x width (default 256)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from search.commands._types import positive_int
 from search.commands._output import print_records
 
 __all__ = ["register", "run", "parse_gpus"]
@@ -19,16 +20,6 @@ def parse_gpus(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"invalid GPU list {text!r}; use distinct device indices such as 0,1")
     return gpus
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a positive integer")
-    return value
 
 
 def _share(text: str) -> float:
@@ -77,13 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "n_trials finished trials; rerunning a finished study adds none.",
     )
     parser.add_argument("study", metavar="STUDY.toml", help="the study file")
-    parser.add_argument("--n-trials", type=_positive, metavar="N",
+    parser.add_argument("--n-trials", type=positive_int(), metavar="N",
                         help="finished trials wanted (default: [study] n_trials)")
-    parser.add_argument("--workers", type=_positive, metavar="K",
+    parser.add_argument("--workers", type=positive_int(), metavar="K",
                         help="parallel worker processes (default: [execution] workers)")
     parser.add_argument("--gpus", type=parse_gpus, metavar="0,1,..",
                         help="GPUs to use; workers become GPU slots")
-    parser.add_argument("--trials-per-gpu", type=_positive, metavar="M",
+    parser.add_argument("--trials-per-gpu", type=positive_int(), metavar="M",
                         help="concurrent trials per GPU (default: [execution] trials_per_gpu)")
     parser.add_argument("--storage", metavar="URL",
                         help="override [study] storage (sqlite:///x.db, journal:///x.journal, "
@@ -99,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ray.add_argument("--gpus-per-trial", type=_share, metavar="G",
                      help="GPUs per trial; fractions share a GPU (default 1/trials_per_gpu "
                           "with --gpus, else 0)")
-    ray.add_argument("--max-concurrent", type=_positive, metavar="N",
+    ray.add_argument("--max-concurrent", type=positive_int(), metavar="N",
                      help="trials running at once (default: what the cluster fits)")
     ray.add_argument("--max-failures", type=_count, metavar="R",
                      help="retries of a crashed trial before it is recorded FAIL (1)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from search.commands._types import nonnegative_int, positive_int
 from search.commands._output import print_records
 
 __all__ = ["register", "run", "parse_methods"]
@@ -23,26 +24,6 @@ def parse_methods(text: str) -> tuple[str, ...]:
             f"invalid method {bad[0] if bad else text!r}; use a comma list of "
             f"{', '.join(METHODS)}")
     return methods
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a positive integer")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; use an integer >= 0")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -69,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("study", metavar="STUDY.toml", help="the finished study's file")
     parser.add_argument("--phi", type=float, default=2.0,
                         help="the larger phi to validate at, > 1 (default 2)")
-    parser.add_argument("--top-k", type=_nonnegative_int, default=5, metavar="K",
+    parser.add_argument("--top-k", type=nonnegative_int(), default=5, metavar="K",
                         help="trials to retrain for the rank fidelity (default 5; 0 skips)")
-    parser.add_argument("--trial", type=_nonnegative_int, metavar="N",
+    parser.add_argument("--trial", type=nonnegative_int(), metavar="N",
                         help="the found trial (default: the best feasible)")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: <study folder>/<name>-validate-phi<phi>)")
@@ -83,9 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma list of found, paper, width, depth, resolution (default: "
                              "all)")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=_positive_int, help="override the training budget: "
+    budget.add_argument("--steps", type=positive_int(), help="override the training budget: "
                                                              "optimizer steps per model")
-    budget.add_argument("--epochs", type=_positive_int, help="override: epochs per model")
+    budget.add_argument("--epochs", type=positive_int(), help="override: epochs per model")
     budget.add_argument("--seconds", type=_positive_float, help="override: seconds per model")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)

@@ -1,0 +1,31 @@
+"""argparse ``type=`` converters shared by the commands; each error names the fix."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+__all__ = ["positive_int", "nonnegative_int"]
+
+
+def _integer_at_least(minimum: int, what: str, rule: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}; use {rule}")
+        return value
+
+    return convert
+
+
+def positive_int(what: str = "count") -> Callable[[str], int]:
+    """A converter accepting integers >= 1; ``what`` names the value in the error."""
+    return _integer_at_least(1, what, "a positive integer")
+
+
+def nonnegative_int(what: str = "count") -> Callable[[str], int]:
+    """A converter accepting integers >= 0; ``what`` names the value in the error."""
+    return _integer_at_least(0, what, "an integer >= 0")
