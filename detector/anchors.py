@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from detector.config import AnchorConfig, DetectorConfig
 
 __all__ = [
+    "check_flat_outputs",
     "feature_sizes",
     "num_anchors_total",
     "generate_anchors",
@@ -47,6 +48,28 @@ def _is_int(value: object) -> bool:
 def _describe(value: object) -> object:
     """The shape of a tensor (for error messages), or the type name of anything else."""
     return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+def check_flat_outputs(cls_outputs: object, box_outputs: object, anchors: object, *,
+                       num_classes: int | None = None) -> tuple[int, int, int]:
+    """Check the flattened head outputs against each other and the anchors.
+
+    Expects ``cls_outputs`` Tensor[B, N, C] (C = ``num_classes`` when given), ``box_outputs``
+    Tensor[B, N, 4] and ``anchors`` Tensor[N, 4]; returns ``(B, N, C)`` or raises a
+    ``ValueError`` that names the argument and the expected shape.
+    """
+    c = "C" if num_classes is None else str(num_classes)
+    if (not isinstance(cls_outputs, Tensor) or cls_outputs.dim() != 3
+            or (num_classes is not None and cls_outputs.shape[2] != num_classes)):
+        raise ValueError(f"cls_outputs: expected shape [B, N, {c}], got {_describe(cls_outputs)}")
+    batch, num_anchors, classes = cls_outputs.shape
+    if not isinstance(box_outputs, Tensor) or tuple(box_outputs.shape) != (batch, num_anchors, 4):
+        raise ValueError(f"box_outputs: expected shape [{batch}, {num_anchors}, 4] (B, N, 4), "
+                         f"got {_describe(box_outputs)}")
+    if not isinstance(anchors, Tensor) or tuple(anchors.shape) != (num_anchors, 4):
+        raise ValueError(f"anchors: expected shape [{num_anchors}, 4] (N, 4), got "
+                         f"{_describe(anchors)}")
+    return batch, num_anchors, classes
 
 
 def _check_image_size(image_size: object) -> tuple[int, int]:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.anchors import check_flat_outputs
 from detector.box_coding import encode
 
 __all__ = ["AnchorTargets", "assign_targets", "pairwise_iou", "focal_loss", "DetectionLoss"]
@@ -375,24 +376,8 @@ class DetectionLoss(nn.Module):
             box_loss``), ``cls_loss``, ``box_loss`` and ``num_positives`` (positive anchors
             summed over the batch, before the ``+ 1``).
         """
-        if (not isinstance(cls_outputs, Tensor) or cls_outputs.dim() != 3
-                or cls_outputs.shape[2] != self.num_classes):
-            raise ValueError(
-                f"cls_outputs: expected shape [B, N, {self.num_classes}], got "
-                f"{_describe(cls_outputs)}"
-            )
-        batch, num_anchors = cls_outputs.shape[:2]
-        if (not isinstance(box_outputs, Tensor)
-                or tuple(box_outputs.shape) != (batch, num_anchors, 4)):
-            raise ValueError(
-                f"box_outputs: expected shape [{batch}, {num_anchors}, 4] (B, N, 4), got "
-                f"{_describe(box_outputs)}"
-            )
-        if not isinstance(anchors, Tensor) or tuple(anchors.shape) != (num_anchors, 4):
-            raise ValueError(
-                f"anchors: expected shape [{num_anchors}, 4] (N, 4), got "
-                f"{_describe(anchors)}"
-            )
+        batch, num_anchors, _ = check_flat_outputs(cls_outputs, box_outputs, anchors,
+                                                   num_classes=self.num_classes)
         if not isinstance(gt_boxes, Tensor) or gt_boxes.dim() != 3 or gt_boxes.shape[0] != batch:
             raise ValueError(
                 f"gt_boxes: expected shape [{batch}, M, 4] (B, M, 4), got "

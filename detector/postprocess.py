@@ -18,6 +18,7 @@ import torch
 import torchvision
 from torch import Tensor
 
+from detector.anchors import check_flat_outputs
 from detector.box_coding import decode
 
 __all__ = ["PostprocessConfig", "decode_detections"]
@@ -117,22 +118,7 @@ def decode_detections(
     if not isinstance(config, PostprocessConfig):
         raise ValueError(f"config: expected a PostprocessConfig, got {type(config).__name__}")
     height, width = _check_image_size(image_size)
-    if not isinstance(cls_outputs, Tensor) or cls_outputs.dim() != 3:
-        raise ValueError(
-            f"cls_outputs: expected shape [B, N, C], got "
-            f"{_describe(cls_outputs)}"
-        )
-    batch, num_anchors, num_classes = cls_outputs.shape
-    if not isinstance(box_outputs, Tensor) or tuple(box_outputs.shape) != (batch, num_anchors, 4):
-        raise ValueError(
-            f"box_outputs: expected shape [{batch}, {num_anchors}, 4] (B, N, 4), got "
-            f"{_describe(box_outputs)}"
-        )
-    if not isinstance(anchors, Tensor) or tuple(anchors.shape) != (num_anchors, 4):
-        raise ValueError(
-            f"anchors: expected shape [{num_anchors}, 4] (N, 4), got "
-            f"{_describe(anchors)}"
-        )
+    batch, num_anchors, num_classes = check_flat_outputs(cls_outputs, box_outputs, anchors)
     device = cls_outputs.device
 
     k = min(config.max_candidates, num_anchors * num_classes)

@@ -15,7 +15,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -484,5 +484,3 @@ class _Progress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-
-_ = fields  # keep dataclasses.fields importable for subclasses' introspection
