@@ -124,10 +124,9 @@ def _infeasible(trials: Sequence[Any]) -> list[Any]:
 
 def _front(points: Sequence[tuple[int, float, float]]) -> tuple[int, ...]:
     """Numbers of the (number, AP, MACs) points no other point dominates (AP up, MACs down)."""
-    def dominates(a: tuple[int, float, float], b: tuple[int, float, float]) -> bool:
-        return a[1] >= b[1] and a[2] <= b[2] and (a[1] > b[1] or a[2] < b[2])
+    from search.plots import pareto_numbers
 
-    return tuple(p[0] for p in points if not any(dominates(o, p) for o in points if o is not p))
+    return pareto_numbers([(number, macs, ap) for number, ap, macs in points])
 
 
 def _num_classes(definition: Any) -> int | None:
