@@ -57,10 +57,15 @@ def coco_metrics(coco_gt, results: list[dict], *, image_ids: Iterable[int] | Non
 
 
 def detections_to_coco(detections: list[dict[str, torch.Tensor]], *, image_ids: torch.Tensor,
-                       scales: torch.Tensor, label_to_category_id) -> list[dict]:
+                       scales: torch.Tensor, label_to_category_id,
+                       num_classes: int | None = None) -> list[dict]:
     """Turn per-image detections (``boxes`` xyxy in network-input pixels, ``scores``, ``labels``
     contiguous) into COCO results: boxes multiplied by each image's ``scale`` (original pixels
-    per input pixel) and written as ``[x, y, w, h]``, labels mapped to category ids."""
+    per input pixel) and written as ``[x, y, w, h]``, labels mapped to category ids.
+
+    With ``num_classes`` (the dataset's), detections of labels ``>= num_classes`` are dropped:
+    a model built with spare classes trains them as background, and the dataset has no
+    category for them."""
     results = []
     for det, image_id, scale in zip(detections, image_ids.tolist(), scales.tolist()):
         boxes = det["boxes"].float().cpu().numpy() * scale
@@ -68,6 +73,8 @@ def detections_to_coco(detections: list[dict[str, torch.Tensor]], *, image_ids: 
         labels = det["labels"].cpu().numpy()
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
+            if num_classes is not None and label >= num_classes:
+                continue
             results.append({
                 "image_id": int(image_id),
                 "category_id": int(label_to_category_id(int(label))),
@@ -107,7 +114,8 @@ def evaluate_model(model: torch.nn.Module, loader, *, config: DetectorConfig, da
                                            config=postprocess, image_size=config.image_size)
             results += detections_to_coco(detections, image_ids=batch.image_ids,
                                           scales=batch.scales,
-                                          label_to_category_id=dataset.label_to_category_id)
+                                          label_to_category_id=dataset.label_to_category_id,
+                                          num_classes=dataset.num_classes)
             image_ids += batch.image_ids.tolist()
     finally:
         model.train(was_training)

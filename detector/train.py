@@ -21,11 +21,13 @@ from typing import Any, Callable
 
 import torch
 
-from detector.anchors import cached_anchors, flatten_outputs
+from detector.anchors import cached_anchors
 from detector.config import DetectorConfig, config_from_dict
 from detector.evaluate import METRIC_NAMES, evaluate_model
 from detector.loss import DetectionLoss
 from detector.model import build_model
+from detector.train_step import (DivergedError, LossMonitor, StepOptions, TrainStep,
+                                 make_optimizer)
 
 __all__ = [
     "OPTIMIZERS",
@@ -38,20 +40,17 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "resolve_device",
+    "DATA_CACHES",
+    "DEVICE_CACHE_FRACTION",
 ]
 
 OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite; ``step`` is the optimizer step (0-based) where it did."""
-
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"training diverged at step {step}: loss is {loss}; lower the learning "
-                         "rate or enable gradient clipping")
-        self.step = step
-        self.loss = loss
+#: ``DataSettings.cache`` values
+DATA_CACHES = ("auto", "device", "off")
+#: ``cache="auto"`` keeps the training split on a CUDA device when it needs at most this
+#: fraction of the device's memory (7 GiB of an H200's 139 GiB)
+DEVICE_CACHE_FRACTION = 0.05
 
 
 class CheckpointError(ValueError):
@@ -66,12 +65,18 @@ def _require(condition: bool, name: str, message: str) -> None:
 @dataclass(frozen=True)
 class DataSettings:
     """Where the data is: a dataset folder with ``train/`` and ``val/`` splits (see
-    :func:`detector.data.split_paths`), optional subsets (images, fixed seed) and loader workers."""
+    :func:`detector.data.split_paths`), optional subsets (images, fixed seed) and loader workers.
+
+    ``cache``: ``"device"`` decodes the training split once into device memory and augments it
+    there (:class:`detector.data.DeviceCache`): no loader, no host-to-device copies per step.
+    ``"off"`` uses a DataLoader with PIL augmentation. ``"auto"``: the device cache on CUDA when
+    it needs at most ``DEVICE_CACHE_FRACTION`` of the device's memory, else the DataLoader."""
 
     dir: Path
     train_subset: int | None = None
     val_subset: int | None = None
     num_workers: int = 0
+    cache: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", Path(self.dir))
@@ -81,13 +86,17 @@ class DataSettings:
                      f"must be a positive number of images, got {value!r}")
         _require(isinstance(self.num_workers, int) and self.num_workers >= 0, "data.num_workers",
                  f"must be an integer >= 0, got {self.num_workers!r}")
+        _require(self.cache in DATA_CACHES, "data.cache",
+                 f"must be one of {', '.join(DATA_CACHES)}, got {self.cache!r}")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """How to train. Exactly one budget: ``epochs``, ``steps`` (optimizer steps) or ``seconds``
     (wall-clock training time, evaluation excluded). ``lr`` is the peak learning rate after
-    ``warmup_fraction`` of the budget; ``ema_decay`` None disables the EMA."""
+    ``warmup_fraction`` of the budget; ``ema_decay`` None disables the EMA. ``cuda_graph``,
+    ``compile``, ``channels_last``, ``fused_optimizer`` and ``check_every`` are the speed levers
+    of :class:`detector.train_step.StepOptions` (see :attr:`step_options`)."""
 
     epochs: float | None = None
     steps: int | None = None
@@ -106,6 +115,11 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 0
     eval_every_epoch: bool = True
+    cuda_graph: bool | str = "auto"
+    compile: str = "off"
+    channels_last: bool = False
+    fused_optimizer: bool | str = "auto"
+    check_every: int | str = "auto"
 
     def __post_init__(self) -> None:
         budgets = [n for n in ("epochs", "steps", "seconds") if getattr(self, n) is not None]
@@ -136,6 +150,14 @@ class TrainSettings:
         _require(0 < self.bn_momentum <= 1, "train.bn_momentum",
                  f"must be in (0, 1], got {self.bn_momentum!r}")
         object.__setattr__(self, "scale_jitter", tuple(self.scale_jitter))
+        self.step_options  # validates the speed levers
+
+    @property
+    def step_options(self) -> StepOptions:
+        """The speed levers as :class:`~detector.train_step.StepOptions`."""
+        return StepOptions(cuda_graph=self.cuda_graph, compile=self.compile,
+                           channels_last=self.channels_last,
+                           fused_optimizer=self.fused_optimizer, check_every=self.check_every)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists for tuples)."""
@@ -148,7 +170,8 @@ class TrainSettings:
 class TrainResult:
     """What a run produced: the final validation ``metrics`` (``METRIC_NAMES`` → [0, 1]), the
     training throughput in images per second (evaluation excluded), wall seconds of the whole
-    run, optimizer steps, epochs and the per-epoch history."""
+    run, optimizer steps, epochs, the per-epoch history and the speed ``levers`` in effect
+    (:attr:`detector.train_step.TrainStep.levers`, plus ``data``: the training data path)."""
 
     metrics: dict[str, float]
     images_per_s: float
@@ -157,12 +180,13 @@ class TrainResult:
     epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: str | None = None
+    levers: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``metrics.json``."""
         return {**self.metrics, "images_per_s": self.images_per_s, "seconds": self.seconds,
                 "steps": self.steps, "epochs": self.epochs, "history": self.history,
-                "checkpoint": self.checkpoint}
+                "checkpoint": self.checkpoint, "levers": self.levers}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -196,13 +220,32 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return 0.01 + 0.99 * cosine
 
 
-def _make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    from timm.optim import param_groups_weight_decay
+def _make_optimizer(model: torch.nn.Module, settings: TrainSettings,
+                    fused: bool) -> tuple[torch.optim.Optimizer, str | None]:
+    """The optimizer, and why ``fused`` was not honoured (None when it was, or not asked)."""
+    kwargs = dict(name=settings.optimizer, lr=settings.lr, momentum=settings.momentum,
+                  weight_decay=settings.weight_decay)
+    if fused:
+        try:
+            return make_optimizer(model, fused=True, **kwargs), None
+        except (RuntimeError, ValueError) as exc:  # no fused kernel for this device
+            reason = " ".join(str(exc).split())[:160]
+            return make_optimizer(model, fused=False, **kwargs), f"default: fused failed ({reason})"
+    return make_optimizer(model, fused=False, **kwargs), None
 
-    groups = param_groups_weight_decay(model, settings.weight_decay)
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=settings.lr)
+
+def _use_device_cache(data: DataSettings, device: torch.device, nbytes: int) -> tuple[bool, str]:
+    if data.cache == "off":
+        return False, "loader: cache off"
+    if data.cache == "device":
+        return True, f"device cache: {nbytes / 2**20:.0f} MiB"
+    if device.type != "cuda":
+        return False, "loader: cache auto keeps the loader off CUDA"
+    total = torch.cuda.get_device_properties(device).total_memory
+    if nbytes > DEVICE_CACHE_FRACTION * total:
+        return False, (f"loader: the cache would need {nbytes / 2**30:.1f} GiB, over "
+                       f"{DEVICE_CACHE_FRACTION:.0%} of the device")
+    return True, f"device cache: {nbytes / 2**20:.0f} MiB"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -266,12 +309,16 @@ def train_proxy(
     from torch.utils.data import DataLoader, Subset
 
     from detector.data import (
+        DeviceAugment,
+        DeviceCache,
         ResizePad,
         TrainTransform,
+        cache_nbytes,
         collate_detection,
         load_split,
         make_loader,
         normalize,
+        padded_object_count,
     )
 
     device = resolve_device(device)
@@ -292,20 +339,56 @@ def train_proxy(
                              num_workers=data.num_workers, pin_memory=device.type == "cuda")
     steps_per_epoch = len(train_set) // settings.batch_size
 
+    max_objects = padded_object_count(max(train_set.objects_per_image, default=0))
+    use_cache, data_lever = _use_device_cache(
+        data, device, cache_nbytes(len(train_set), config.image_size, max_objects))
+    cache = None
+    if use_cache:
+        cache = DeviceCache.from_dataset(train_set, size=config.image_size, device=device,
+                                         quiet=quiet)
+        augment = DeviceAugment(scale_range=settings.scale_jitter, hflip_prob=settings.hflip)
+        augment_generator = torch.Generator(device=device)
+
     model = build_model(config).to(device)
     for module in model.modules():  # short proxy runs need BN statistics that keep up
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = settings.bn_momentum
     criterion = DetectionLoss(num_classes=config.num_classes)
-    optimizer = _make_optimizer(model, settings)
+    options = settings.step_options.resolve(device)
+    optimizer, optimizer_note = _make_optimizer(model, settings, options.fused_optimizer)
+    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
+                             config.max_level, device=device)
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    train_step = TrainStep(model=model, criterion=criterion, optimizer=optimizer,
+                           anchors=anchors, num_classes=config.num_classes,
+                           grad_clip=settings.grad_clip, autocast_dtype=autocast_dtype,
+                           options=options, max_objects=max_objects if options.cuda_graph else None)
     ema = None
     if settings.ema_decay is not None:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=settings.ema_decay, use_warmup=True)
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level, device=device)
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    monitor = LossMonitor(check_every=options.check_every, device=device)
+
+    def epoch_batches(epoch: int, skip: int):
+        """This epoch's batches as (normalized images, boxes, labels) on the device."""
+        order = _epoch_order(len(train_set), settings.seed, epoch)[skip:]
+        size = settings.batch_size
+        if cache is not None:
+            augment_generator.manual_seed(settings.seed * 7919 + epoch)
+            index = torch.tensor(order, dtype=torch.int64).to(device)
+            for start in range(0, len(order) - size + 1, size):
+                yield cache.batch(index[start:start + size], augment=augment,
+                                  generator=augment_generator)
+            return
+        if hasattr(train_set.transform, "reseed"):
+            train_set.transform.reseed(settings.seed * 7919 + epoch)
+        loader = DataLoader(Subset(train_set, order), batch_size=size, drop_last=True,
+                            collate_fn=collate_detection, num_workers=data.num_workers,
+                            pin_memory=device.type == "cuda")
+        for batch in loader:
+            batch = batch.to(device)
+            yield normalize(batch.images), batch.boxes, batch.labels
 
     step, epoch, history, elapsed_before = 0, 0, [], 0.0
     out_path = Path(out_dir) if out_dir is not None else None
@@ -357,46 +440,33 @@ def train_proxy(
     model.train()
     with progress:
         while not done:
-            order = _epoch_order(len(train_set), settings.seed, epoch)
             skip = (step - epoch * steps_per_epoch) * settings.batch_size if resume else 0
-            skip = max(0, min(skip, len(order)))
-            if hasattr(train_set.transform, "reseed"):
-                train_set.transform.reseed(settings.seed * 7919 + epoch)
-            loader = DataLoader(Subset(train_set, order[skip:]), batch_size=settings.batch_size,
-                                drop_last=True, collate_fn=collate_detection,
-                                num_workers=data.num_workers, pin_memory=device.type == "cuda")
+            skip = max(0, min(skip, len(train_set)))
             resume = False
-            for batch in loader:
-                tick = time.perf_counter()
-                batch = batch.to(device)
+            batches = epoch_batches(epoch, skip)
+            while True:
+                tick = time.perf_counter()  # data time counts: it is part of a trial's cost
+                images, boxes, labels = next(batches, (None, None, None))
+                if images is None:
+                    break
                 factor = _lr_factor(budget_progress(train_seconds), settings.warmup_fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = settings.lr * factor
-                with torch.autocast(device.type, dtype=autocast_dtype,
-                                    enabled=autocast_dtype is not None):
-                    cls_levels, box_levels = model(normalize(batch.images))
-                cls, box = flatten_outputs(cls_levels, box_levels, config.num_classes)
-                losses = criterion(cls, box, anchors, batch.boxes, batch.labels)
-                loss = losses["loss"]
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise DivergedError(step, loss_value)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                optimizer.step()
+                loss = train_step(images, boxes, labels)
+                monitor.record(step, loss)
                 step += 1
                 if ema is not None:
                     ema.update(model, step=step)
                 images_seen += settings.batch_size
                 train_seconds += time.perf_counter() - tick
-                progress.advance(step, train_seconds, loss_value)
+                progress.advance(step, train_seconds, monitor.last)
                 if settings.checkpoint_every and step % settings.checkpoint_every == 0:
+                    monitor.flush()  # never store a diverged model
                     checkpoint(train_seconds)
                 if budget_progress(train_seconds) >= 1:
                     done = True
                     break
+            monitor.flush()
             epoch += 1
             if done or settings.eval_every_epoch:
                 eval_model = ema.module if ema is not None else model
@@ -421,6 +491,8 @@ def train_proxy(
         epochs=epoch,
         history=history,
         checkpoint=str(out_path / CHECKPOINT_NAME) if out_path is not None else None,
+        levers={**train_step.levers, "data": data_lever,
+                **({"optimizer": optimizer_note} if optimizer_note else {})},
     )
     if out_path is not None:
         _write_json_atomic(out_path / "metrics.json", result.to_dict())
@@ -473,7 +545,8 @@ class _Progress:
     def advance(self, step: int, train_seconds: float, loss: float) -> None:
         if self._bar is not None:
             done = step if self.total is not None else min(train_seconds, self.seconds or 0)
-            self._bar.update(self._task, completed=done, info=f"loss {loss:.4f}")
+            info = f"loss {loss:.4f}" if math.isfinite(loss) else ""
+            self._bar.update(self._task, completed=done, info=info)
 
     def note(self, epoch: int, metrics: dict[str, float]) -> None:
         if self._bar is not None:

@@ -239,9 +239,9 @@ def train_inputs(definition: StudyDefinition, data: DataSection) -> tuple[Any, A
               if getattr(t, name) is not None}
     return (
         DataSettings(dir=data.dir, train_subset=data.subset_train, val_subset=data.subset_val,
-                     num_workers=t.num_workers),
+                     num_workers=t.num_workers, cache=t.cache),
         TrainSettings(**budget, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-                      seed=definition.study.seed or 0,
+                      seed=definition.study.seed or 0, **t.speed_settings(),
                       # per-epoch AP feeds the pruner; without one, evaluate once at the end
                       eval_every_epoch=definition.pruner.kind != "none"),
     )

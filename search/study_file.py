@@ -21,8 +21,9 @@ Sections (see ``studies/*.toml`` for commented examples)::
     [train]      one of epochs|steps|seconds; batch_size, lr, optimizer, device, num_workers
     [pruner]     kind = none|median|hyperband|successive_halving, plus that pruner's options
     [objective]  kind = train|surrogate; [objective.surrogate] A, c, p, noise
-    [execution]  backend = optuna|ray, workers, gpus, trials_per_gpu; for ray also address,
-                 cpus_per_trial, gpus_per_trial, max_concurrent, max_failures, storage_path
+    [execution]  backend = optuna|ray, workers, gpus, trials_per_gpu ("auto" or M); for ray
+                 also address, cpus_per_trial, gpus_per_trial, max_concurrent, max_failures,
+                 storage_path
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 #: sections whose change makes an existing study's trials incomparable (see fingerprint())
 _SEARCH_SECTIONS = ("base", "space", "constraint", "objective", "data", "train")
+#: ``[train]`` keys that change a trial's speed, not its meaning (not in the fingerprint)
+SPEED_KEYS = ("cache", "cuda_graph", "compile", "channels_last", "fused_optimizer",
+              "check_every")
+#: ``[train] cache`` values and ``[train] compile`` values
+CACHES = ("auto", "device", "off")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")
 
 
 class StudyFileError(ValueError):
@@ -253,7 +261,11 @@ class TrainSection:
     """``[train]``: the proxy training budget (exactly one of ``epochs``, ``steps``, ``seconds``
     for ``objective.kind = "train"``), ``batch_size`` (images, >= 2 for BatchNorm), ``lr``,
     ``optimizer``,
-    ``device`` (auto|cpu|cuda) and data-loader ``num_workers``."""
+    ``device`` (auto|cpu|cuda) and data-loader ``num_workers``; and the speed levers of
+    :class:`detector.train.TrainSettings` / ``DataSettings``: ``cache`` (auto|device|off),
+    ``cuda_graph`` and ``fused_optimizer`` (true|false|"auto"), ``compile`` (off or a
+    ``torch.compile`` mode), ``channels_last`` and ``check_every`` (steps or "auto"). The levers
+    change how fast a trial trains, not what it means: they are left out of the fingerprint."""
 
     epochs: int | None = None
     steps: int | None = None
@@ -263,6 +275,18 @@ class TrainSection:
     optimizer: str = "sgd"
     device: str = "auto"
     num_workers: int = 0
+    cache: str = "auto"
+    cuda_graph: bool | str = "auto"
+    compile: str = "off"
+    channels_last: bool = False
+    fused_optimizer: bool | str = "auto"
+    check_every: int | str = "auto"
+
+    def speed_settings(self) -> dict[str, Any]:
+        """The step levers as ``TrainSettings`` keywords."""
+        return {"cuda_graph": self.cuda_graph, "compile": self.compile,
+                "channels_last": self.channels_last, "fused_optimizer": self.fused_optimizer,
+                "check_every": self.check_every}
 
 
 @dataclass(frozen=True)
@@ -289,7 +313,9 @@ class ObjectiveSection:
 @dataclass(frozen=True)
 class ExecutionSection:
     """``[execution]``: ``backend``, parallel ``workers``, ``gpus`` (device indices) and
-    ``trials_per_gpu``; the command line overrides each.
+    ``trials_per_gpu`` (concurrent trials per GPU: an integer >= 1, or ``"auto"``, the default:
+    chosen from the GPU's memory, the CPU cores and the largest trial, see
+    :mod:`search.packing`); the command line overrides each.
 
     Ray backend only (see ``docs/cluster.md``): ``address`` of a running cluster (``"auto"`` or
     ``host:port``; ``None`` starts a local Ray), ``cpus_per_trial`` and ``gpus_per_trial``
@@ -301,7 +327,7 @@ class ExecutionSection:
     backend: str = "optuna"
     workers: int = 1
     gpus: tuple[int, ...] = ()
-    trials_per_gpu: int = 1
+    trials_per_gpu: int | str = "auto"
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None
@@ -357,6 +383,8 @@ class StudyDefinition:
         objective, data, train, sampler, objectives); a study resumed with a different one would
         mix incomparable trials."""
         keyed = {name: self.raw.get(name) for name in _SEARCH_SECTIONS}
+        if isinstance(keyed["train"], dict):
+            keyed["train"] = {k: v for k, v in keyed["train"].items() if k not in SPEED_KEYS}
         study = self.raw.get("study", {})
         keyed["study"] = {k: study.get(k) for k in ("sampler", "objectives")}
         text = json.dumps(keyed, sort_keys=True, default=str)
@@ -601,7 +629,29 @@ def _read_train(table: _Table, required: bool) -> TrainSection:
         optimizer=table.choice("optimizer", OPTIMIZERS, "sgd"),
         device=table.choice("device", DEVICES, "auto"),
         num_workers=table.int("num_workers", 0, low=0),
+        cache=table.choice("cache", CACHES, "auto"),
+        cuda_graph=_bool_or_auto(table, "cuda_graph"),
+        compile=table.choice("compile", COMPILE_MODES, "off"),
+        channels_last=_bool_or_auto(table, "channels_last", default=False, auto=False),
+        fused_optimizer=_bool_or_auto(table, "fused_optimizer"),
+        check_every=_int_or_auto(table, "check_every"),
     )
+
+
+def _bool_or_auto(table: _Table, name: str, *, default: Any = "auto",
+                  auto: bool = True) -> bool | str:
+    value = table.raw(name, default)
+    if isinstance(value, bool) or (auto and value == "auto"):
+        return value
+    allowed, example = ('true, false or "auto"', '"auto"') if auto else ("true or false", "true")
+    raise _KeyError(table.key(name), f"must be {allowed}, got {value!r} ({_type_name(value)})",
+                    f"write {name} = {example}")
+
+
+def _int_or_auto(table: _Table, name: str) -> int | str:
+    if table.raw(name, "auto") == "auto":
+        return "auto"
+    return table.int(name, low=1)
 
 
 def _read_pruner(table: _Table | None) -> PrunerSection:
@@ -663,6 +713,21 @@ def _read_objective(table: _Table | None) -> ObjectiveSection:
     return ObjectiveSection(kind=kind, surrogate=constants)
 
 
+def _read_trials_per_gpu(table: _Table) -> int | str:
+    value = table.raw("trials_per_gpu", "auto")
+    if value == "auto" or (_is_int(value) and value >= 1):
+        return value
+    if isinstance(value, str):
+        problem = f"unknown value {value!r}"
+    elif _is_int(value):
+        problem = f"must be >= 1, got {value}"
+    else:
+        problem = f"must be \"auto\" or an integer >= 1, got {value!r} ({_type_name(value)})"
+    raise _KeyError(table.key("trials_per_gpu"), problem,
+                    "write trials_per_gpu = \"auto\" (chosen from the GPU memory and CPU cores) "
+                    "or an integer such as trials_per_gpu = 4")
+
+
 def _read_execution(table: _Table | None, folder: Path) -> ExecutionSection:
     if table is None:
         return ExecutionSection()
@@ -695,7 +760,7 @@ def _read_execution(table: _Table | None, folder: Path) -> ExecutionSection:
         backend=table.choice("backend", BACKENDS, "optuna"),
         workers=table.int("workers", 1, low=1),
         gpus=tuple(gpus),
-        trials_per_gpu=table.int("trials_per_gpu", 1, low=1),
+        trials_per_gpu=_read_trials_per_gpu(table),
         address=address,
         cpus_per_trial=cpus,
         gpus_per_trial=gpus_per_trial,
@@ -797,7 +862,7 @@ def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
             data=None if data_table is None else _read_data(data_table, path.parent),
             train=_read_train(_Table(raw.get("train", {}), "train",
                                      ("epochs", "steps", "seconds", "batch_size", "lr",
-                                      "optimizer", "device", "num_workers")),
+                                      "optimizer", "device", "num_workers", *SPEED_KEYS)),
                               required=objective.kind == "train"),
             pruner=_read_pruner(root.table("pruner", ("kind", *{
                 k for options in PRUNER_OPTIONS.values() for k in options}))),

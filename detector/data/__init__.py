@@ -12,6 +12,12 @@ Training-loop contract::
 For evaluation use ``ResizePad((H, W))``, ``train=False`` and map predictions back with
 ``boxes * batch.scales[:, None, None]`` and ``dataset.label_to_category_id(label)``; the ground
 truth for COCOeval is ``dataset.coco`` (crowd annotations included) over ``dataset.image_ids``.
+
+To keep a GPU fed without host work per step, cache the letterboxed split on the device and
+augment there (static shapes, no host synchronization)::
+
+    cache = DeviceCache.from_dataset(load_split(data_dir, "train"), size=(H, W), device=device)
+    images, boxes, labels = cache.batch(indices, augment=DeviceAugment(), generator=generator)
 """
 
 from .coco import (
@@ -24,7 +30,21 @@ from .coco import (
     pil_to_tensor,
     split_paths,
 )
-from .loader import PAD_LABEL, DetectionBatch, collate_detection, make_loader, seed_worker
+from .device_cache import (
+    DeviceAugment,
+    DeviceCache,
+    augment_batch,
+    cache_nbytes,
+    draw_augment_uniforms,
+)
+from .loader import (
+    PAD_LABEL,
+    DetectionBatch,
+    collate_detection,
+    make_loader,
+    padded_object_count,
+    seed_worker,
+)
 from .synthetic import SHAPE_CATEGORIES, SplitSummary, SyntheticSummary, make_synthetic_coco
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ResizePad, TrainTransform, normalize
 
@@ -50,6 +70,13 @@ __all__ = [
     "collate_detection",
     "make_loader",
     "seed_worker",
+    "padded_object_count",
+    # device-resident data
+    "DeviceAugment",
+    "DeviceCache",
+    "augment_batch",
+    "cache_nbytes",
+    "draw_augment_uniforms",
     # synthetic data
     "SHAPE_CATEGORIES",
     "SplitSummary",

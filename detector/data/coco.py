@@ -344,6 +344,13 @@ class CocoDetection(Dataset):
         )
 
     # ------------------------------------------------------------------ Dataset API
+    @property
+    def objects_per_image(self) -> tuple[int, ...]:
+        """Object count of each image (crowd and degenerate boxes excluded), in dataset order.
+
+        Augmentation only drops objects, so ``max(objects_per_image)`` bounds every batch's rows."""
+        return tuple(int(self._targets[image_id][1].shape[0]) for image_id in self._image_ids)
+
     def __len__(self) -> int:
         return len(self._image_ids)
 

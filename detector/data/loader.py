@@ -25,6 +25,7 @@ __all__ = [
     "DetectionBatch",
     "collate_detection",
     "make_loader",
+    "padded_object_count",
     "seed_worker",
 ]
 
@@ -86,7 +87,8 @@ class DetectionBatch:
         return [{"boxes": self.boxes[i][valid[i]], "labels": self.labels[i][valid[i]]} for i in range(len(self))]
 
 
-def _padded_count(count: int) -> int:
+def padded_object_count(count: int) -> int:
+    """Rows ``M`` that ``count`` objects are padded to: ``max(8, ceil(count / 8) * 8)``."""
     return max(OBJECTS_MULTIPLE, -(-count // OBJECTS_MULTIPLE) * OBJECTS_MULTIPLE)
 
 
@@ -120,7 +122,7 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> D
             )
     counts = [int(torch.as_tensor(t["labels"]).numel()) for t in targets]
     size = len(batch)
-    padded = _padded_count(max(counts))
+    padded = padded_object_count(max(counts))
     boxes = torch.zeros((size, padded, 4), dtype=torch.float32)
     labels = torch.full((size, padded), PAD_LABEL, dtype=torch.int64)
     for i, (target, count) in enumerate(zip(targets, counts)):

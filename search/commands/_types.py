@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-__all__ = ["positive_int", "nonnegative_int"]
+__all__ = ["positive_int", "nonnegative_int", "positive_int_or_auto"]
 
 
 def _integer_at_least(minimum: int, what: str, rule: str) -> Callable[[str], int]:
@@ -29,3 +29,14 @@ def positive_int(what: str = "count") -> Callable[[str], int]:
 def nonnegative_int(what: str = "count") -> Callable[[str], int]:
     """A converter accepting integers >= 0; ``what`` names the value in the error."""
     return _integer_at_least(0, what, "an integer >= 0")
+
+
+def positive_int_or_auto(what: str = "count") -> Callable[[str], int | str]:
+    """A converter accepting ``auto`` (returned as the string) or integers >= 1; ``what`` names
+    the value in the error."""
+    number = _integer_at_least(1, what, "a positive integer or auto")
+
+    def convert(text: str) -> int | str:
+        return "auto" if text.strip().lower() == "auto" else number(text)
+
+    return convert

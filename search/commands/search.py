@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.commands._types import positive_int
+from search.commands._types import positive_int, positive_int_or_auto
 from search.commands._output import print_records
 
 __all__ = ["register", "run", "parse_gpus"]
@@ -74,8 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="parallel worker processes (default: [execution] workers)")
     parser.add_argument("--gpus", type=parse_gpus, metavar="0,1,..",
                         help="GPUs to use; workers become GPU slots")
-    parser.add_argument("--trials-per-gpu", type=positive_int(), metavar="M",
-                        help="concurrent trials per GPU (default: [execution] trials_per_gpu)")
+    parser.add_argument("--trials-per-gpu", type=positive_int_or_auto("trials per GPU"),
+                        metavar="M|auto",
+                        help="concurrent trials per GPU; auto chooses from the GPU memory, the "
+                             "CPU cores and the largest trial (default: [execution] "
+                             "trials_per_gpu, itself auto by default)")
     parser.add_argument("--storage", metavar="URL",
                         help="override [study] storage (sqlite:///x.db, journal:///x.journal, "
                              "postgresql://..)")

@@ -11,7 +11,7 @@ from typing import Any
 
 from search.commands._output import add_format_argument, print_records
 
-__all__ = ["register", "run", "load_trials", "trial_record", "status_document"]
+__all__ = ["register", "run", "load_study", "load_trials", "trial_record", "status_document"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_trials(definition: Any, storage: str | None = None) -> list[Any]:
     """All trials of the study of ``definition``, without creating its storage or study."""
+    return load_study(definition, storage).get_trials(deepcopy=False)
+
+
+def load_study(definition: Any, storage: str | None = None) -> Any:
+    """The Optuna study of ``definition``, without creating its storage or study."""
     import optuna
 
     from search.storage import open_storage, resolve_storage_url
@@ -41,12 +46,11 @@ def load_trials(definition: Any, storage: str | None = None) -> list[Any]:
                                 f"`effscale search {definition.path.name}` first")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=definition.study.name,
-                                  storage=open_storage(location))
+        return optuna.load_study(study_name=definition.study.name,
+                                 storage=open_storage(location))
     except KeyError:
         raise ValueError(f"study.name: no study {definition.study.name!r} in {location.url}; "
                          f"run `effscale search {definition.path.name}` first") from None
-    return study.get_trials(deepcopy=False)
 
 
 def _finite(value: Any) -> Any:
@@ -76,9 +80,11 @@ def trial_record(trial: Any) -> dict[str, Any]:
     }
 
 
-def status_document(definition: Any, trials: list[Any]) -> dict[str, Any]:
+def status_document(definition: Any, trials: list[Any], *,
+                    packing: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``--format json`` object: counts, ``best`` (alpha, beta, gamma, value, number or
-    ``null``), ``pareto`` (trial numbers; two objectives only) and every trial."""
+    ``null``), ``pareto`` (trial numbers; two objectives only), every trial and, when given,
+    ``packing`` (how the last GPU run packed trials: the study's ``packing`` user attr)."""
     from search.objective import trial_coordinates
     from search.runners.optuna_runner import best_trial, pareto_front
 
@@ -108,6 +114,8 @@ def status_document(definition: Any, trials: list[Any]) -> dict[str, Any]:
                             "value": best.values[0], "number": best.number}
     if len(definition.study.objectives) == 2:
         document["pareto"] = [t.number for t in pareto_front(trials)]
+    if packing is not None:
+        document["packing"] = packing
     return document
 
 
@@ -117,9 +125,12 @@ def run(args: argparse.Namespace) -> int:
     from search.study_file import load_study_file
 
     definition = load_study_file(args.study)
-    trials = load_trials(definition, args.storage)
+    study = load_study(definition, args.storage)
+    trials = study.get_trials(deepcopy=False)
+    packing = study.user_attrs.get("packing")
     if args.format == "json":
-        sys.stdout.write(json.dumps(status_document(definition, trials), indent=2) + "\n")
+        sys.stdout.write(json.dumps(status_document(definition, trials, packing=packing),
+                                    indent=2) + "\n")
         return 0
     records = [trial_record(t) for t in trials]
     if records:
@@ -137,4 +148,6 @@ def run(args: argparse.Namespace) -> int:
         if front:
             print_records([trial_record(t) for t in front], "table",
                           title="Pareto front (AP up, MACs down)")
+    if isinstance(packing, dict) and packing.get("reason"):
+        print(f"packing of the last GPU run: {packing['reason']}")
     return 0

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from search.commands._output import add_format_argument
+from search.study_file import CACHES as DATA_CACHES
+from search.study_file import COMPILE_MODES
 from search.commands._spec_args import add_spec_arguments, configs_from_args
 
 __all__ = ["register", "run", "print_metrics"]
@@ -38,8 +40,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also checkpoint every N steps (0: only at epoch ends)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    speed = parser.add_argument_group("speed levers (defaults: what pays on the device)")
+    speed.add_argument("--cache", choices=DATA_CACHES, default="auto",
+                       help="keep the training split on the device and augment it there "
+                            "(auto: on CUDA when it fits in 5%% of the device)")
+    speed.add_argument("--cuda-graph", type=_on_off_auto, default="auto", metavar="auto|on|off",
+                       help="replay the training step as one CUDA graph (auto: on CUDA)")
+    speed.add_argument("--compile", choices=COMPILE_MODES, default="off",
+                       help="torch.compile mode (costs minutes per architecture)")
+    speed.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    speed.add_argument("--fused-optimizer", type=_on_off_auto, default="auto",
+                       metavar="auto|on|off", help="single-kernel optimizer (auto: on CUDA)")
+    speed.add_argument("--check-every", type=_steps_or_auto, default="auto", metavar="N|auto",
+                       help="check the loss for NaN every N steps (auto: 1 on CPU, 20 on CUDA)")
     add_format_argument(parser, choices=("table", "json"))
     parser.set_defaults(func=run)
+
+
+def _on_off_auto(text: str) -> bool | str:
+    choices = {"auto": "auto", "on": True, "off": False, "true": True, "false": False}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+    return choices[text.lower()]
+
+
+def _steps_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of steps >= 1 or auto, got {text!r}")
+    return int(text)
 
 
 def print_metrics(metrics: dict, fmt: str, *, title: str) -> None:
@@ -70,11 +100,14 @@ def run(args: argparse.Namespace) -> int:
     (config,) = configs_from_args(args)[:1]
     settings = TrainSettings(epochs=args.epochs, steps=args.steps, seconds=args.seconds,
                              batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                             seed=args.seed, checkpoint_every=args.checkpoint_every)
+                             seed=args.seed, checkpoint_every=args.checkpoint_every,
+                             cuda_graph=args.cuda_graph, compile=args.compile,
+                             channels_last=args.channels_last,
+                             fused_optimizer=args.fused_optimizer, check_every=args.check_every)
     try:
         result = train_proxy(
             config, data=DataSettings(dir=data_dir, train_subset=args.subset,
-                                      num_workers=args.workers),
+                                      num_workers=args.workers, cache=args.cache),
             settings=settings, device=args.device, out_dir=args.out, resume=args.resume,
             quiet=args.quiet or args.format == "json")
     except DivergedError as exc:
@@ -82,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     metrics = {**result.metrics, "images_per_s": result.images_per_s,
                "seconds": result.seconds, "steps": result.steps, "epochs": result.epochs}
+    if args.format == "json":
+        metrics["levers"] = result.levers
     print_metrics(metrics, args.format, title=f"{config.name}: COCO box metrics")
     sys.stdout.flush()
     return 0

@@ -13,7 +13,10 @@ trials failed, and the objective skips (prunes) a point that another trial alrea
 
 Workers. One worker runs in this process. More are ``multiprocessing`` spawn processes; with
 GPUs, slot ``k`` of ``gpus × trials_per_gpu`` sees only its GPU (``CUDA_VISIBLE_DEVICES``);
-on CPU, K training workers get ``cores // K`` torch threads each.
+on CPU, K training workers get ``cores // K`` torch threads each. ``trials_per_gpu = "auto"``
+(the default) is chosen by :func:`search.packing.resolve_packing` from the GPU memory, the CPU
+cores and the largest trial; the run prints its reason and stores it in the study's ``packing``
+user attr (a hand-given value is stored there too).
 A trial that raises is recorded FAIL with its ``error`` user attr and the study goes on.
 
 Dead workers. Each trial records its worker (:data:`search.storage.WORKER_ATTR`); journal
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from search.objective import Objective, train_inputs, trial_coordinates
+from search.packing import AUTO, check_trials_per_gpu, given_record, resolve_packing
 from search.space import grid_size
 from search.storage import (
     WORKER_ATTR,
@@ -78,8 +82,9 @@ _FINISHED = ("COMPLETE", "PRUNED")
 @dataclass(frozen=True)
 class RunSummary:
     """What :func:`run_study` did: the study, how many trials it started, the state counts after
-    it, the best feasible trial's number (``None`` if there is none yet) and the exit codes of
-    worker processes that failed (empty when all went well)."""
+    it, the best feasible trial's number (``None`` if there is none yet), the exit codes of
+    worker processes that failed (empty when all went well) and, on GPUs, the line saying how
+    many trials share each GPU and why (``packing``)."""
 
     study_name: str
     storage_url: str
@@ -90,6 +95,7 @@ class RunSummary:
     n_failed: int
     best_number: int | None
     failed_workers: tuple[int, ...] = ()
+    packing: str | None = None
 
 
 # ------------------------------------------------------------------------------- trial reading
@@ -483,7 +489,8 @@ def _remaining(definition: StudyDefinition, study: Any, target: int) -> int:
 
 
 def _summary(definition: StudyDefinition, location: StorageLocation, study: Any, target: int,
-             started: int, failed_workers: tuple[int, ...]) -> RunSummary:
+             started: int, failed_workers: tuple[int, ...],
+             packing: dict[str, Any] | None = None) -> RunSummary:
     trials = study.get_trials(deepcopy=False)
     count = lambda state: sum(1 for t in trials if t.state.name == state)  # noqa: E731
     best = best_trial(trials)
@@ -492,6 +499,7 @@ def _summary(definition: StudyDefinition, location: StorageLocation, study: Any,
         started=started, n_complete=count("COMPLETE"), n_pruned=count("PRUNED"),
         n_failed=count("FAIL"), best_number=None if best is None else best.number,
         failed_workers=failed_workers,
+        packing=None if packing is None else packing["reason"],
     )
 
 
@@ -506,12 +514,16 @@ def run_study(
     quiet: bool = False,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
+    cpu_count: int | None = None,
 ) -> RunSummary:
     """Run (or resume) the study until it holds ``n_trials`` finished trials.
 
     ``None`` options take the study file's value (``[study] n_trials``, ``[execution] workers``,
     ``gpus``, ``trials_per_gpu``, ``[study] storage``). With ``gpus``, the workers are the GPU
-    slots (``len(gpus) × trials_per_gpu``). ``quiet`` turns the progress display off.
+    slots (``len(gpus) × trials_per_gpu``); ``trials_per_gpu = "auto"`` is chosen by
+    :func:`search.packing.resolve_packing` (``cpu_count``: the cores it may count, default this
+    process's), whose reason is printed unless ``quiet``, which also turns the progress display
+    off.
     ``heartbeat_interval`` and ``grace_period`` (seconds) override ``EFFSCALE_HEARTBEAT_INTERVAL``
     and ``EFFSCALE_GRACE_PERIOD`` (default 60 / 180); giving either turns Optuna's heartbeat on
     for RDB storages even for surrogate trials.
@@ -527,15 +539,16 @@ def run_study(
         raise ValueError(f"--n-trials: {target} exceeds the {grid_size(d.grid())} grid points "
                          f"(a grid point never runs twice); use at most {grid_size(d.grid())}")
     gpu_list = tuple(ex.gpus if gpus is None else gpus)
-    per_gpu = ex.trials_per_gpu if trials_per_gpu is None else trials_per_gpu
-    if per_gpu < 1:
-        raise ValueError(f"--trials-per-gpu: must be >= 1, got {per_gpu}")
+    per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None
+                                   else trials_per_gpu)
     if workers is not None and workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {workers}")
-    slots = _slots(workers if workers is not None else (None if gpu_list else ex.workers),
-                   gpu_list, per_gpu)
+    wanted = workers if workers is not None else (None if gpu_list else ex.workers)
     location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
-    check_workers(location, len(slots))
+    slots: list[int | None] | None = None
+    if not gpu_list or per_gpu != AUTO:  # known now: check before the data is prepared
+        slots = _slots(wanted, gpu_list, 1 if per_gpu == AUTO else int(per_gpu))
+        check_workers(location, len(slots))
     beat = heartbeat_settings(heartbeat_interval, grace_period)
     rdb_heartbeat = location.kind != "journal" and (
         d.objective.kind == "train" or heartbeat_forced()
@@ -545,6 +558,18 @@ def run_study(
         train_inputs(d, data)  # the training settings are valid before the storage is touched
         if gpu_list:
             _check_gpus(gpu_list)
+    packing = None
+    if gpu_list and slots is None:
+        decision = resolve_packing(d, gpus=gpu_list, num_classes=num_classes, storage=location,
+                                   cpu_count=cpu_count)
+        if not quiet:
+            print(f"effscale search: {decision.reason}", flush=True)
+        packing = decision.to_dict()
+        slots = _slots(wanted, gpu_list, decision.trials_per_gpu)
+        check_workers(location, len(slots))
+    elif gpu_list:
+        packing = given_record(int(per_gpu))
+    assert slots is not None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(d, location,
@@ -552,7 +577,9 @@ def run_study(
     sweep_stale_trials(study, beat)  # trials of workers killed in an earlier run
     remaining = _remaining(d, study, target)
     if remaining <= 0:
-        return _summary(d, location, study, target, 0, ())
+        return _summary(d, location, study, target, 0, (), packing)
+    if packing is not None:
+        study.set_user_attr("packing", packing)
     trials_before = study.get_trials(deepcopy=False)
     before = len(trials_before)
     waiting = {t.number for t in trials_before if t.state.name == "WAITING"}  # retries, grid
@@ -589,4 +616,4 @@ def run_study(
     trials_after = study.get_trials(deepcopy=False)
     started = len(trials_after) - before + sum(
         1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
-    return _summary(d, location, study, target, started, tuple(failed))
+    return _summary(d, location, study, target, started, tuple(failed), packing)

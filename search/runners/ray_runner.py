@@ -94,6 +94,7 @@ from pathlib import Path
 from typing import Any
 
 from search.objective import Objective, train_inputs
+from search.packing import AUTO, check_trials_per_gpu, given_record, resolve_packing
 from search.runners.optuna_runner import (
     RunSummary,
     _open_study,
@@ -180,7 +181,7 @@ def resolve_options(
     *,
     workers: int | None = None,
     gpus: Sequence[int] | None = None,
-    trials_per_gpu: int | None = None,
+    trials_per_gpu: int | str | None = None,
     address: str | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
@@ -191,15 +192,16 @@ def resolve_options(
     """Resolve the Ray options; ``None`` takes the study file's ``[execution]`` value.
 
     ``gpus`` (device indices) are for a Ray started here: it sees only those GPUs, and a trial
-    gets ``1 / trials_per_gpu`` of one unless ``gpus_per_trial`` says otherwise. ``workers``
+    gets ``1 / trials_per_gpu`` of one unless ``gpus_per_trial`` says otherwise
+    (``trials_per_gpu = "auto"`` is then :func:`search.packing.resolve_packing`'s choice, with
+    the class count from the study file; :func:`run_study` passes the data's). ``workers``
     stands for ``max_concurrent`` when that is not given.
     """
     ex = definition.execution
     address = address if address is not None else ex.address
     gpu_list = tuple(ex.gpus if gpus is None else gpus)
-    per_gpu = ex.trials_per_gpu if trials_per_gpu is None else trials_per_gpu
-    if per_gpu < 1:
-        raise ValueError(f"--trials-per-gpu: must be >= 1, got {per_gpu}")
+    per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None
+                                   else trials_per_gpu)
     if gpu_list and address is not None:
         raise ValueError(f"--gpus: device indices pick GPUs of a Ray started here, but --address "
                          f"{address} joins a running cluster whose GPUs Ray assigns; drop --gpus "
@@ -208,8 +210,10 @@ def resolve_options(
     if not (math.isfinite(cpus) and cpus > 0):
         raise ValueError(f"--cpus-per-trial: must be > 0, got {cpus:g}")
     gpu_share = gpus_per_trial if gpus_per_trial is not None else ex.gpus_per_trial
+    if gpu_share is None and gpu_list and per_gpu == AUTO:
+        per_gpu = resolve_packing(definition, gpus=gpu_list).trials_per_gpu
     if gpu_share is None:
-        gpu_share = 1.0 / per_gpu if gpu_list else 0.0
+        gpu_share = 1.0 / int(per_gpu) if gpu_list else 0.0
     gpu_share = float(gpu_share)
     if not math.isfinite(gpu_share) or gpu_share < 0 or (gpu_share > 1 and gpu_share % 1):
         raise ValueError(f"--gpus-per-trial: must be a fraction in [0, 1] or a whole number, "
@@ -794,7 +798,7 @@ def run_study(
     n_trials: int | None = None,
     workers: int | None = None,
     gpus: Sequence[int] | None = None,
-    trials_per_gpu: int | None = None,
+    trials_per_gpu: int | str | None = None,
     storage: str | None = None,
     quiet: bool = False,
     address: str | None = None,
@@ -803,13 +807,17 @@ def run_study(
     max_concurrent: int | None = None,
     max_failures: int | None = None,
     storage_path: str | Path | None = None,
+    cpu_count: int | None = None,
 ) -> RunSummary:
     """Run (or resume) the study on Ray until it holds ``n_trials`` finished trials.
 
     Takes :func:`search.runners.optuna_runner.run_study`'s keywords plus the Ray options of
     :func:`resolve_options`. Joins the cluster at ``address`` (or uses the Ray this process has
-    initialized, or starts a local one and stops it afterwards). Raises ``KeyboardInterrupt``
-    after a Ctrl-C, once the interrupted trials are recorded FAIL.
+    initialized, or starts a local one and stops it afterwards). With ``gpus``, no
+    ``gpus_per_trial`` and ``trials_per_gpu = "auto"``, the share of a trial is ``1 / M`` with
+    ``M`` from :func:`search.packing.resolve_packing` (``cpu_count`` as in the Optuna runner);
+    its reason is printed unless ``quiet`` and stored in the study's ``packing`` user attr.
+    Raises ``KeyboardInterrupt`` after a Ctrl-C, once the interrupted trials are recorded FAIL.
     """
     if _RAY_MISSING is not None:
         raise ValueError(f"execution.backend: Ray is not installed here (no module "
@@ -825,14 +833,29 @@ def run_study(
                          f"(a grid point never runs twice); use at most {grid_size(d.grid())}")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {workers}")
-    options = resolve_options(d, workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu,
+    ex = d.execution
+    per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None
+                                   else trials_per_gpu)
+    gpu_list = tuple(ex.gpus if gpus is None else gpus)
+    location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
+    data, num_classes = prepare_data(d)
+    packing = None
+    shares = bool(gpu_list) and (address if address is not None else ex.address) is None and (
+        gpus_per_trial if gpus_per_trial is not None else ex.gpus_per_trial) is None
+    if shares and per_gpu == AUTO:
+        decision = resolve_packing(d, gpus=gpu_list, num_classes=num_classes, storage=location,
+                                   cpu_count=cpu_count)
+        if not quiet:
+            print(f"effscale search: {decision.reason}", flush=True)
+        packing, per_gpu = decision.to_dict(), decision.trials_per_gpu
+    elif shares:
+        packing = given_record(int(per_gpu))
+    options = resolve_options(d, workers=workers, gpus=gpus, trials_per_gpu=per_gpu,
                               address=address, cpus_per_trial=cpus_per_trial,
                               gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
                               max_failures=max_failures, storage_path=storage_path)
     faults = _parse_faults(os.environ.get(FAULTS_ENV, ""))
     delay = _parse_delay(os.environ.get(DELAY_ENV, ""))
-    location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
-    data, num_classes = prepare_data(d)
     if d.objective.kind == "train":
         train_inputs(d, data)  # the training settings are valid before the storage is touched
 
@@ -845,7 +868,8 @@ def run_study(
         job = _Job(definition=d, location=location, num_classes=num_classes, data=data,
                    use_gpu=options.gpus_per_trial > 0,
                    threads=max(1, int(options.cpus_per_trial)))
-        return _run(d, location, study, target, options, concurrency, job, faults, delay, quiet)
+        return _run(d, location, study, target, options, concurrency, job, faults, delay, quiet,
+                    packing)
     finally:
         if started_ray:
             import ray
@@ -855,7 +879,8 @@ def run_study(
 
 def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
          options: RayOptions, concurrency: int, job: _Job, faults: dict[int, int],
-         delay: tuple[float, int], quiet: bool) -> RunSummary:
+         delay: tuple[float, int], quiet: bool,
+         packing: dict[str, Any] | None = None) -> RunSummary:
     import ray
     from ray import tune
 
@@ -870,7 +895,9 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
     remaining = _remaining(d, study, target)
     if remaining <= 0:
         pointer.unlink(missing_ok=True)
-        return _summary(d, location, study, target, 0, ())
+        return _summary(d, location, study, target, 0, (), packing)
+    if packing is not None:
+        study.set_user_attr("packing", packing)
 
     settings = {"resources": options.resources, "max_failures": options.max_failures,
                 "pruner": [d.pruner.kind, sorted(d.pruner.kwargs().items())]}
@@ -939,7 +966,7 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
     trials_after = study.get_trials(deepcopy=False)
     started = len(trials_after) - len(trials_before) + sum(
         1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
-    return _summary(d, location, study, target, started, ())
+    return _summary(d, location, study, target, started, (), packing)
 
 
 def _not_tune_restore_advice(record: logging.LogRecord) -> bool:

@@ -86,3 +86,18 @@ def test_no_detections_give_zero_ap(dataset):
     metrics = coco_metrics(dataset.coco, [])
     assert metrics["ap"] == 0.0 and metrics["ap50"] == 0.0
     assert math.isnan(metrics["apl"])
+
+
+def test_detections_of_spare_classes_are_dropped():
+    """A model with more classes than the dataset trains the spare ones as background; their
+    detections have no category and are left out instead of failing the evaluation."""
+    detections = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 8.0, 9.0]]),
+                   "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 7])}]
+    categories = {0: 11, 1: 12}
+    kwargs = dict(image_ids=torch.tensor([5]), scales=torch.tensor([2.0]),
+                  label_to_category_id=categories.__getitem__)
+    results = detections_to_coco(detections, num_classes=2, **kwargs)
+    assert results == [{"image_id": 5, "category_id": 12, "bbox": [0.0, 0.0, 20.0, 20.0],
+                        "score": 0.9}]
+    with pytest.raises(KeyError):
+        detections_to_coco(detections, **kwargs)

@@ -47,7 +47,7 @@ def test_grid_studies():
     assert eff.grid() == {"alpha": [1.0, 1.1, 1.2, 1.3, 1.4],
                           "beta": [1.0, 1.05, 1.1, 1.15, 1.2, 1.25]}
     assert eff.target_trials() == 30
-    assert (eff.execution.gpus, eff.execution.trials_per_gpu) == ((0,), 4)
+    assert (eff.execution.gpus, eff.execution.trials_per_gpu) == ((0,), "auto")
     width = load_study_file(STUDIES / "bifpn_width.toml")
     assert width.grid() == {"width_growth": [1.2, 1.25, 1.3, 1.35, 1.4, 1.45]}
     assert width.space.alpha == Fixed(1.2) and width.space.gamma == Fixed(1.15)
@@ -185,3 +185,48 @@ def test_relative_paths_start_at_the_study_file(tmp_path: Path):
     d = parse_study_text(text, path=tmp_path / "s.toml")
     assert d.data.dir == (tmp_path / "coco").resolve()
     assert d.storage_url == "journal:///runs/s.journal"
+
+
+def test_train_speed_levers_parse_and_reach_the_trainer(tmp_path):
+    from search.objective import train_inputs
+
+    text = as_training(SURROGATE, train='steps = 5\ncache = "device"\ncuda_graph = false\n'
+                       'compile = "reduce-overhead"\nchannels_last = true\ncheck_every = 7')
+    d = parse_study_text(text, path="/tmp/s.toml")
+    assert (d.train.cache, d.train.cuda_graph, d.train.compile, d.train.channels_last,
+            d.train.fused_optimizer, d.train.check_every) == \
+        ("device", False, "reduce-overhead", True, "auto", 7)
+    data, settings = train_inputs(d, d.data.__class__(dir=tmp_path))
+    assert data.cache == "device"
+    assert settings.step_options.to_dict() == {
+        "cuda_graph": False, "compile": "reduce-overhead", "channels_last": True,
+        "fused_optimizer": "auto", "check_every": 7}
+    defaults = parse_study_text(as_training(SURROGATE), path="/tmp/s.toml").train
+    assert (defaults.cache, defaults.cuda_graph, defaults.check_every) == ("auto", "auto", "auto")
+
+
+@pytest.mark.parametrize("line, key", [
+    ('cache = "gpu"', "train.cache"), ('cuda_graph = "yes"', "train.cuda_graph"),
+    ("fused_optimizer = 1", "train.fused_optimizer"), ('compile = "fast"', "train.compile"),
+    ('channels_last = "auto"', "train.channels_last"), ("check_every = 0", "train.check_every"),
+    ('check_every = "often"', "train.check_every"),
+])
+def test_bad_speed_lever_names_the_key(line, key):
+    with pytest.raises(StudyFileError, match=key.replace(".", r"\.")):
+        parse_study_text(as_training(SURROGATE, train=f"steps = 5\n{line}"), path="/tmp/s.toml")
+
+
+def test_speed_levers_do_not_change_the_fingerprint():
+    fingerprint = lambda train: parse_study_text(  # noqa: E731
+        as_training(SURROGATE, train=train), path="/tmp/s.toml").fingerprint()
+    plain = fingerprint("steps = 5")
+    assert plain == fingerprint('steps = 5\ncuda_graph = false\ncache = "off"\ncheck_every = 3')
+    assert plain != fingerprint("steps = 6")
+
+
+def test_study_file_choices_match_the_trainer():
+    from detector.train import DATA_CACHES
+    from detector.train_step import COMPILE_MODES
+    from search.study_file import CACHES, COMPILE_MODES as STUDY_COMPILE_MODES
+
+    assert CACHES == DATA_CACHES and STUDY_COMPILE_MODES == COMPILE_MODES
