@@ -73,6 +73,10 @@ __all__ = [
     "pareto_front",
     "is_feasible",
     "effscale_version",
+    "open_study",
+    "remaining_trials",
+    "summarize_run",
+    "TrialProgress",
 ]
 
 _POLL_S = 1.0
@@ -383,7 +387,7 @@ def _work(job: _WorkerJob, tickets: _Tickets,
 # ------------------------------------------------------------------------------------- progress
 
 
-class _Progress:
+class TrialProgress:
     """A rich progress line (trials finished, best AP so far, feasible fraction), or nothing."""
 
     def __init__(self, *, target: int, quiet: bool) -> None:
@@ -392,7 +396,7 @@ class _Progress:
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> "TrialProgress":
         if not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
                 TimeElapsedColumn
@@ -447,7 +451,10 @@ def _check_gpus(gpus: Sequence[int]) -> None:
                          "CUDA device(s)); list indices below that")
 
 
-def _open_study(definition: StudyDefinition, location: StorageLocation, storage: Any) -> Any:
+def open_study(definition: StudyDefinition, location: StorageLocation, storage: Any) -> Any:
+    """Create or load the study of ``definition`` in ``storage``; a new study gets the study
+    file, its fingerprint and the effscale version as user attrs, and an existing one must have
+    the same fingerprint (``ValueError`` naming the fix otherwise). Shared by both backends."""
     import optuna
 
     study = optuna.create_study(storage=storage, study_name=definition.study.name,
@@ -473,7 +480,7 @@ def _grid_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(params.items()))
 
 
-def _remaining(definition: StudyDefinition, study: Any, target: int) -> int:
+def remaining_trials(definition: StudyDefinition, study: Any, target: int) -> int:
     """Trials still to start; for a grid, enqueue failed points so that they are retried."""
     trials = study.get_trials(deepcopy=False)
     if definition.study.sampler != "grid":
@@ -488,9 +495,10 @@ def _remaining(definition: StudyDefinition, study: Any, target: int) -> int:
     return target - len(done)
 
 
-def _summary(definition: StudyDefinition, location: StorageLocation, study: Any, target: int,
-             started: int, failed_workers: tuple[int, ...],
-             packing: dict[str, Any] | None = None) -> RunSummary:
+def summarize_run(definition: StudyDefinition, location: StorageLocation, study: Any,
+                  target: int, started: int, failed_workers: tuple[int, ...],
+                  packing: dict[str, Any] | None = None) -> RunSummary:
+    """The :class:`RunSummary` of a run that started ``started`` trials towards ``target``."""
     trials = study.get_trials(deepcopy=False)
     count = lambda state: sum(1 for t in trials if t.state.name == state)  # noqa: E731
     best = best_trial(trials)
@@ -572,12 +580,12 @@ def run_study(
     assert slots is not None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _open_study(d, location,
+    study = open_study(d, location,
                         open_storage(location, heartbeat=beat if rdb_heartbeat else False))
     sweep_stale_trials(study, beat)  # trials of workers killed in an earlier run
-    remaining = _remaining(d, study, target)
+    remaining = remaining_trials(d, study, target)
     if remaining <= 0:
-        return _summary(d, location, study, target, 0, (), packing)
+        return summarize_run(d, location, study, target, 0, (), packing)
     if packing is not None:
         study.set_user_attr("packing", packing)
     trials_before = study.get_trials(deepcopy=False)
@@ -594,7 +602,7 @@ def run_study(
                        rdb_heartbeat=rdb_heartbeat, resumed_at=before)
             for i, gpu in enumerate(slots)]
     failed: list[int] = []
-    with _Progress(target=target, quiet=quiet) as progress:
+    with TrialProgress(target=target, quiet=quiet) as progress:
         progress.update(study.get_trials(deepcopy=False))
         if len(jobs) == 1:
             _work(jobs[0], tickets, on_trial=None if quiet else
@@ -616,4 +624,4 @@ def run_study(
     trials_after = study.get_trials(deepcopy=False)
     started = len(trials_after) - before + sum(
         1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
-    return _summary(d, location, study, target, started, tuple(failed), packing)
+    return summarize_run(d, location, study, target, started, tuple(failed), packing)

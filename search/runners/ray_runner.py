@@ -97,12 +97,12 @@ from search.objective import Objective, train_inputs
 from search.packing import AUTO, check_trials_per_gpu, given_record, resolve_packing
 from search.runners.optuna_runner import (
     RunSummary,
-    _open_study,
-    _Progress,
-    _remaining,
-    _summary,
+    TrialProgress,
     make_sampler,
+    open_study,
     prepare_data,
+    remaining_trials,
+    summarize_run,
 )
 from search.space import grid_size, suggest
 from search.storage import StorageLocation, check_workers, open_storage, resolve_storage_url
@@ -424,7 +424,7 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
         study = self._ensure_study()
         while True:
             if self._need is None:
-                self._need = _remaining(live.definition, study, live.target) - len(self._open)
+                self._need = remaining_trials(live.definition, study, live.target) - len(self._open)
             if self._need <= 0 or live.failed >= live.failure_cap:
                 if self._open:
                     return None  # running trials may still fail and need replacing
@@ -864,7 +864,7 @@ def run_study(
     try:
         concurrency = _concurrency(options)
         check_workers(location, concurrency)
-        study = _open_study(d, location, open_storage(location))
+        study = open_study(d, location, open_storage(location))
         job = _Job(definition=d, location=location, num_classes=num_classes, data=data,
                    use_gpu=options.gpus_per_trial > 0,
                    threads=max(1, int(options.cpus_per_trial)))
@@ -892,10 +892,10 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
             raise ValueError(f"study.name: another effscale search (pid {pid}) runs this study "
                              f"with Ray from {options.storage_path}; wait for it or stop it")
         _sweep(study, previous["experiment"])  # its driver is gone: no trial of it is running
-    remaining = _remaining(d, study, target)
+    remaining = remaining_trials(d, study, target)
     if remaining <= 0:
         pointer.unlink(missing_ok=True)
-        return _summary(d, location, study, target, 0, (), packing)
+        return summarize_run(d, location, study, target, 0, (), packing)
     if packing is not None:
         study.set_user_attr("packing", packing)
 
@@ -919,7 +919,7 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
     trainable = tune.with_resources(tune.with_parameters(_trainable, job=job),
                                     options.resources)
     try:
-        with _Progress(target=target, quiet=quiet) as progress:
+        with TrialProgress(target=target, quiet=quiet) as progress:
             live.progress = progress
             progress.update(study.get_trials(deepcopy=False))
             tuner = None
@@ -966,7 +966,7 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
     trials_after = study.get_trials(deepcopy=False)
     started = len(trials_after) - len(trials_before) + sum(
         1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
-    return _summary(d, location, study, target, started, (), packing)
+    return summarize_run(d, location, study, target, started, (), packing)
 
 
 def _not_tune_restore_advice(record: logging.LogRecord) -> bool:
