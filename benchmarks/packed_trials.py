@@ -81,6 +81,26 @@ def run_packed(count: int, args: dict) -> dict:
             "levers": rows[0]["levers"]}
 
 
+def _auto_decision(device, size: int, batch: int) -> dict:
+    """What ``--trials-per-gpu auto`` picks for this trial on this machine
+    (:func:`search.packing.choose_trials_per_gpu`), to set beside the measured rows."""
+    import torch
+
+    from detector.config import preset
+    from search.packing import available_cpus, choose_trials_per_gpu, estimate_train_bytes
+
+    config = preset("d0", num_classes=10).replace(image_size=(size, size))
+    gpu_bytes = (torch.cuda.get_device_properties(device).total_memory
+                 if device.type == "cuda" else 0)
+    per_trial = estimate_train_bytes(config, batch_size=batch)
+    if not gpu_bytes:
+        return {"trials_per_gpu": None, "reason": "no GPU: M applies to GPUs only",
+                "per_trial_bytes": per_trial}
+    decision = choose_trials_per_gpu(per_trial_bytes=per_trial, gpu_bytes=gpu_bytes,
+                                     cpu_count=available_cpus(), num_gpus=1)
+    return decision.to_dict()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="aggregate throughput of packed trials")
     parser.add_argument("--device", default="auto")
@@ -114,6 +134,7 @@ def main(argv=None) -> int:
             row["speedup_vs_one"] = round(row["aggregate_img_per_s"] / single, 2)
     result = {
         "command": "python benchmarks/packed_trials.py " + " ".join(argv or sys.argv[1:]),
+        "auto_trials_per_gpu": _auto_decision(device, args.size, args.batch),
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else platform.processor() or platform.machine()),
         "torch": torch.__version__,

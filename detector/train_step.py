@@ -360,7 +360,8 @@ class TrainStep:
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates .grad
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: a DataLoader's pin-memory thread may call CUDA during the capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_loss = self._forward_loss(*static, cache=False)
                 static_loss.backward()
         except Exception as exc:
