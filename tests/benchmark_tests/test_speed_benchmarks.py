@@ -1,5 +1,5 @@
 """The speed benchmarks run end to end (tiny CPU sizes), so that the one prepared GPU run
-(``benchmarks/h200_issue9.sh``) does not fail on a bug, and their JSON holds real figures."""
+(``benchmarks/speed_gpu_run.sh``) does not fail on a bug, and their JSON holds real figures."""
 
 from __future__ import annotations
 

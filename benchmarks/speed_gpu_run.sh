@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The one prepared GPU run for the speed issue: every figure it asks for, in about 8 minutes.
 # On the device machine, from the repository root, after installing the wheels of
-#   bash ../shared/device/make-wheels.sh pytest==8.3.5 pluggy==1.5.0 iniconfig==2.0.0
+#   bash ../shared/device/make-wheels.sh pytest==8.3.5 pluggy==1.5.0 iniconfig==2.0.0 packaging==24.2
 # (optuna, pycocotools, effdet, ..., and pytest for the GPU tests):
 #
-#   bash benchmarks/h200_issue9.sh "$OUT" [PARTS]
+#   bash benchmarks/speed_gpu_run.sh "$OUT" [PARTS]
 #
 # PARTS is a comma list of tests,throughput,cudnn,packed,quality (default: all). The limits add
 # up to 560 s: give the device call timeout_s 590, and rerun only the parts that failed.
@@ -12,7 +12,7 @@
 # time loses only itself. Copy the JSON files into benchmarks/results/ and commit them with this
 # script: the command of each is inside its file.
 set -u
-out=${1:?usage: h200_issue9.sh OUTPUT_FOLDER}
+out=${1:?usage: speed_gpu_run.sh OUTPUT_FOLDER}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 py=${PYTHON:-python3}
