@@ -1,7 +1,7 @@
 """The proxy training loop: one short training run of one detector on one dataset.
 
 It trains with SGD (momentum, Nesterov) or AdamW, linear warmup then cosine decay, gradient
-clipping and an EMA of the weights (timm's ``ModelEmaV3`` with warmup), in bf16 autocast on
+clipping and an EMA of the weights (timm's ``ModelEmaV3`` with warmup, as :class:`detector.ema.WeightEma`), in bf16 autocast on
 CUDA and fp32 on CPU. The budget is epochs, steps or seconds. After every epoch the EMA model is
 evaluated on the validation split with pycocotools and ``on_epoch(epoch, metrics)`` is called
 (the searcher prunes from there). Checkpoints are written atomically and hold only tensors and
@@ -23,6 +23,7 @@ import torch
 
 from detector.anchors import cached_anchors
 from detector.config import DetectorConfig, config_from_dict
+from detector.ema import WeightEma
 from detector.evaluate import METRIC_NAMES, evaluate_model
 from detector.loss import DetectionLoss
 from detector.model import build_model
@@ -365,9 +366,7 @@ def train_proxy(
                            options=options, max_objects=max_objects if options.cuda_graph else None)
     ema = None
     if settings.ema_decay is not None:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=settings.ema_decay, use_warmup=True)
+        ema = WeightEma(model, decay=settings.ema_decay, use_warmup=True)
     monitor = LossMonitor(check_every=options.check_every, device=device)
 
     def epoch_batches(epoch: int, skip: int):
