@@ -39,12 +39,11 @@ from torch.utils.data import DataLoader, Subset
 from .coco import DataError
 from .loader import OBJECTS_MULTIPLE, PAD_LABEL, padded_object_count
 from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MIN_BOX_SIDE,
     MIN_KEPT_AREA_FRACTION,
     ResizePad,
     _check_size,
+    imagenet_constants,
     _fit_ratio,
     _resized_shape,
 )
@@ -65,26 +64,9 @@ _UNIFORMS_PER_IMAGE = 4
 #: normalized grid coordinate far outside ``[-1, 1]``: grid_sample returns exact zeros there
 _OUTSIDE = -4.0
 
-# ImageNet constants as device tensors, made once per device (a host-to-device copy inside a
-# CUDA-graph capture is illegal, so they must exist before the first captured step)
-_NORMALIZATION: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _normalization(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, inv_std)`` float32 ``[3, 1, 1]`` in ``0..255`` units on ``device`` (cached)."""
-    constants = _NORMALIZATION.get(device)
-    if constants is None:
-        # the same arithmetic as transforms.normalize, so the results agree bit for bit
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).mul_(255.0).view(3, 1, 1)
-        inv_std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).mul_(255.0).reciprocal_().view(3, 1, 1)
-        constants = (mean, inv_std)
-        _NORMALIZATION[device] = constants
-    return constants
-
-
 def _normalize_float(images: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalize float32 ``[B, 3, H, W]`` images in ``0..255`` units, in place."""
-    mean, inv_std = _normalization(images.device)
+    mean, inv_std = imagenet_constants(images.device)
     return images.sub_(mean).mul_(inv_std)
 
 
@@ -453,7 +435,7 @@ class DeviceCache:
         self.boxes = boxes
         self.labels = labels
         self.content_hw = content_hw
-        _normalization(images.device)  # made now, before any CUDA-graph capture
+        imagenet_constants(images.device)  # made now, before any CUDA-graph capture
 
     @classmethod
     def from_dataset(

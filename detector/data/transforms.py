@@ -26,6 +26,7 @@ __all__ = [
     "ResizePad",
     "TrainTransform",
     "normalize",
+    "imagenet_constants",
 ]
 
 #: ImageNet RGB mean, in [0, 1] units
@@ -239,8 +240,22 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
             else type(images).__name__
         )
         raise DataError(f"normalize expects uint8 images [B, 3, H, W], got {described}; normalize once, on the device")
-    shape = (3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).mul_(255.0).view(shape)
-    inv_std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).mul_(255.0).reciprocal_().view(shape)
+    mean, inv_std = imagenet_constants(images.device)
     return images.to(torch.float32).sub_(mean).mul_(inv_std)
+
+
+#: memo of :func:`imagenet_constants`, one entry per device (a cache, not configuration)
+_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def imagenet_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, 1 / std)`` float32 ``[3, 1, 1]`` in ``0..255`` units on ``device``, made once per
+    device: a host-to-device copy per call would sync, and is illegal inside CUDA-graph capture.
+    (A dict rather than ``functools.lru_cache``, which Dynamo traces through.)"""
+    constants = _CONSTANTS.get(device)
+    if constants is None:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).mul_(255.0)
+        inv_std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).mul_(255.0).reciprocal_()
+        constants = _CONSTANTS[device] = (mean.view(3, 1, 1), inv_std.view(3, 1, 1))
+    return constants
 
