@@ -448,10 +448,12 @@ def _coefficient_table(best: Any | None) -> str:
 
 def render_markdown(definition: Any, trials: Sequence[Any], *, plots: PlotFiles | None = None,
                     study_text: str | None = None, version: str | None = None,
-                    made_by: str | None = None) -> str:
+                    made_by: str | None = None, packing: str | None = None) -> str:
     """The Markdown report: counts, the best trials, a table per objective (and the Pareto
     front for two), the coefficients against the paper's, the plots and the study file
-    (``study_text``, by default the one stored with the study or the definition's)."""
+    (``study_text``, by default the one stored with the study or the definition's).
+    ``packing``: how the last GPU run packed trials (the reason line of the study's ``packing``
+    user attr)."""
     d = definition
     scored = _scored(trials)
     count = lambda state: sum(1 for t in trials if t.state.name == state)  # noqa: E731
@@ -474,6 +476,7 @@ def render_markdown(definition: Any, trials: Sequence[Any], *, plots: PlotFiles 
         f"- made by effscale {made_by or 'unknown'}; report by effscale {version or 'unknown'} "
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "- MACs are multiply-adds per image of the φ=1 model; GMACs = MACs / 1e9",
+        *([f"- packing of the last GPU run: {packing}"] if packing else []),
         "",
         "## Best trials",
         "",
@@ -534,7 +537,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def write_report(definition: Any, trials: Sequence[Any], *, out: str | Path,
                  overwrite: bool = False, study_text: str | None = None,
-                 version: str | None = None, made_by: str | None = None) -> ReportFiles:
+                 version: str | None = None, made_by: str | None = None,
+                 packing: str | None = None) -> ReportFiles:
     """Write the plots and ``report.md`` for ``trials`` into the folder ``out``.
 
     ``out`` must be new or empty unless ``overwrite`` (its old content is then replaced as a
@@ -551,7 +555,7 @@ def write_report(definition: Any, trials: Sequence[Any], *, out: str | Path,
         report = safe_child(staging, REPORT_FILE)
         report.write_text(render_markdown(definition, trials, plots=plots,
                                           study_text=study_text, version=version,
-                                          made_by=made_by))
+                                          made_by=made_by, packing=packing))
         _prepare_out(out, overwrite)  # nobody filled it meanwhile
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"

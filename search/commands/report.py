@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     attrs = study.user_attrs
     written = write_report(definition, trials, out=args.out, overwrite=args.overwrite,
                            study_text=attrs.get("study_file"), version=effscale_version(),
-                           made_by=attrs.get("effscale_version"))
+                           made_by=attrs.get("effscale_version"),
+                           packing=(attrs.get("packing") or {}).get("reason"))
     cost = written.plots.cost
     print(f"report of study {definition.study.name!r} ({len(trials)} trials, "
           f"{len(cost.numbers)} feasible scored, {len(cost.infeasible_numbers)} infeasible) "

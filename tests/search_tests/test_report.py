@@ -231,3 +231,12 @@ def test_report_of_a_missing_study_names_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "effscale search band.toml" in err
     assert not (tmp_path / "band.db").exists() and not (tmp_path / "r").exists()
+
+
+def test_report_states_how_the_last_gpu_run_packed_trials(finished):
+    definition, trials = finished
+    line = ("8 trials per GPU (auto): memory allows 41 (3.2 GiB each of 139.7 GiB), CPU cores "
+            "allow 15, cap 8")
+    assert f"- packing of the last GPU run: {line}" in render_markdown(definition, trials,
+                                                                       packing=line)
+    assert "packing of the last GPU run" not in render_markdown(definition, trials)
