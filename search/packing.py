@@ -230,11 +230,14 @@ def resolve_packing(
 ) -> PackingDecision:
     """The ``auto`` decision for running ``definition`` on ``gpus`` (device indices).
 
-    ``per_trial_bytes`` is :func:`study_train_bytes` (``num_classes`` as there); ``gpu_bytes``
-    (bytes) defaults to :func:`gpu_memory_bytes` (not queried for a surrogate objective, whose
-    trials use no GPU), ``cpu_count`` to :func:`available_cpus`. An SQLite ``storage`` lowers
-    the cap so that all ``len(gpus) × M`` workers stay within its worker limit.
+    ``per_trial_bytes`` is :func:`study_train_bytes` (``num_classes`` as there) plus, unless
+    ``[train] cache = "off"``, the device-cache reserve ``DEVICE_CACHE_FRACTION × gpu_bytes``
+    (the most ``cache = "auto"`` lets a trial keep on the GPU); ``gpu_bytes`` (bytes) defaults
+    to :func:`gpu_memory_bytes` (not queried for a surrogate objective, whose trials use no
+    GPU), ``cpu_count`` to :func:`available_cpus`. An SQLite ``storage`` lowers the cap so that
+    all ``len(gpus) × M`` workers stay within its worker limit.
     """
+    from detector.train import DEVICE_CACHE_FRACTION
     from search.storage import SQLITE_MAX_WORKERS
 
     if not gpus:
@@ -242,6 +245,8 @@ def resolve_packing(
     per_trial = study_train_bytes(definition, num_classes=num_classes)
     if gpu_bytes is None:
         gpu_bytes = gpu_memory_bytes(gpus) if per_trial else 0
+    if per_trial and definition.train.cache != "off":
+        per_trial += int(DEVICE_CACHE_FRACTION * gpu_bytes)
     cap, cap_reason = MAX_TRIALS_PER_GPU, ""
     if storage is not None and storage.kind == "sqlite":
         per_gpu = max(1, SQLITE_MAX_WORKERS // len(gpus))

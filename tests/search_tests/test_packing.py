@@ -33,8 +33,9 @@ GIB = 2**30
 SURROGATE = (STUDIES / "surrogate_compound.toml").read_text()
 
 
-def _training_study(tmp_path, **changes: str):
-    text = as_training(edit_study(SURROGATE, changes), train="epochs = 1\nbatch_size = 32")
+def _training_study(tmp_path, *, train_extra: str = "", **changes: str):
+    text = as_training(edit_study(SURROGATE, changes),
+                       train="epochs = 1\nbatch_size = 32" + train_extra)
     path = tmp_path / "train.toml"
     path.write_text(text)
     return load_study_file(path)
@@ -134,9 +135,16 @@ def test_the_largest_trial_decides(tmp_path):
 def test_resolution_with_injected_device_memory(tmp_path):
     d = _training_study(tmp_path)
     per_trial = study_train_bytes(d)
-    decision = resolve_packing(d, gpus=(0,), gpu_bytes=4 * per_trial, cpu_count=16)
+    without_cache = _training_study(tmp_path, train_extra='\ncache = "off"')
+    decision = resolve_packing(without_cache, gpus=(0,), gpu_bytes=4 * per_trial, cpu_count=16)
     assert (decision.trials_per_gpu, decision.by_memory, decision.per_trial_bytes) == (
         3, 3, per_trial)
+    # cache auto (the default): each trial may also keep 5% of the GPU as its data cache
+    ten = dict(gpus=(0,), gpu_bytes=10 * per_trial, cpu_count=16)
+    assert resolve_packing(without_cache, **ten).by_memory == 9  # 0.9 × 10
+    cached = resolve_packing(d, **ten)
+    assert cached.per_trial_bytes == per_trial + int(0.05 * 10 * per_trial)
+    assert (cached.trials_per_gpu, cached.by_memory) == (6, 6)  # 0.9 × 10 / 1.5
     sqlite = resolve_storage_url("sqlite:///s.db", base_dir=tmp_path)
     journal = resolve_storage_url("journal:///s.journal", base_dir=tmp_path)
     big = dict(gpu_bytes=1000 * per_trial, cpu_count=64)
