@@ -102,6 +102,8 @@ __all__ = [
 
 SQLITE_MAX_WORKERS = 8
 SQLITE_TIMEOUT_S = 60
+#: openings of an RDB storage tried when another process is creating the same new schema
+_SCHEMA_ATTEMPTS = 5
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 180
 JOURNAL_LOCK_GRACE_S = 10
@@ -275,7 +277,17 @@ def open_storage(location: StorageLocation, *,
                 grace_period=settings.grace,
                 heartbeat_stale_trial_callback=_lazy("RetryStaleTrial")(max_retry=1),
             )
-        return RDBStorage(location.url, **kwargs)
+        for attempt in range(_SCHEMA_ATTEMPTS):
+            try:
+                return RDBStorage(location.url, **kwargs)
+            except Exception as exc:  # sqlalchemy's OperationalError, by message
+                # Two processes opening a new database at once (a search and `effscale status`,
+                # or two workers) both create the schema; the slower one finds a table that the
+                # other has just made. The schema is there now: opening again succeeds.
+                if "already exists" not in str(exc) or attempt == _SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 # ------------------------------------------------------------------------------ artifacts

@@ -59,3 +59,43 @@ def test_sqlite_worker_limit(tmp_path):
                                          r"storage = \"journal:///a.journal\""):
         check_workers(sqlite, SQLITE_MAX_WORKERS + 1)
     check_workers(resolve_storage_url("journal:///a.journal", base_dir=tmp_path), 32)
+
+
+def test_a_schema_made_meanwhile_by_another_process_is_opened_not_fatal(tmp_path, monkeypatch):
+    """Fault injection: the first creation finds a table that a concurrent opener has just made
+    (what a search and a poller hit once in CI); the opening is retried and succeeds."""
+    import sqlite3
+
+    import optuna.storages
+    from sqlalchemy.exc import OperationalError
+
+    real = optuna.storages.RDBStorage
+    calls = {"n": 0}
+
+    def racing(url, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real(url, **kwargs)  # the other process wins the race and makes the schema
+            raise OperationalError("CREATE TABLE study_directions", (),
+                                   sqlite3.OperationalError("table study_directions already exists"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    location = resolve_storage_url("sqlite:///race.db", base_dir=tmp_path)
+    storage = open_storage(location)
+    assert calls["n"] == 2 and storage.get_all_studies() == []
+
+
+def test_other_storage_errors_are_not_retried(tmp_path, monkeypatch):
+    import optuna.storages
+
+    calls = {"n": 0}
+
+    def broken(url, **kwargs):
+        calls["n"] += 1
+        raise RuntimeError("disk I/O error")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(RuntimeError, match="disk I/O error"):
+        open_storage(resolve_storage_url("sqlite:///x.db", base_dir=tmp_path))
+    assert calls["n"] == 1
