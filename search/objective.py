@@ -20,7 +20,8 @@ User attrs of every trial: ``cost_ratio``, ``feasible``, the φ=1 model's effect
 ``activations`` when ``detector.complexity`` is available, ``gamma`` when derived, and every
 coordinate that is fixed rather than sampled. Trained trials add ``ap``, ``ap50``, ``ap75``,
 ``aps``, ``apm``, ``apl`` (``None`` where COCOeval has no objects of that size),
-``images_per_s``, ``train_seconds`` and ``last_epoch`` (``pruned_at_epoch`` when the pruner
+``images_per_s``, ``train_seconds``, ``levers`` (the speed levers in effect, see
+:class:`detector.train.TrainResult`) and ``last_epoch`` (``pruned_at_epoch`` when the pruner
 stopped them); a worker on a GPU slot records ``gpu``; a grid point already held by another
 trial is pruned with ``skip_reason`` and ``duplicate_of``.
 
@@ -476,6 +477,7 @@ class Objective:
             trial.set_user_attr(name, value if math.isfinite(value) else None)
         trial.set_user_attr("images_per_s", float(result.images_per_s))
         trial.set_user_attr("train_seconds", float(result.seconds))
+        trial.set_user_attr("levers", dict(result.levers))
         return float(result.metrics["ap"])
 
 

@@ -118,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         metrics["levers"] = result.levers
     print_metrics(metrics, args.format, title=f"{config.name}: COCO box metrics")
+    if args.format != "json":
+        from search.commands._output import print_records
+
+        print_records([{"lever": k, "in effect": v} for k, v in result.levers.items()], "table",
+                      title="speed levers")
     sys.stdout.flush()
     return 0
 

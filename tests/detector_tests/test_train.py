@@ -172,6 +172,11 @@ def test_cli_train_speed_flags_reach_the_trainer(data64, tmp_path, capsys):
     assert levers["cuda_graph"] == "off: needs a CUDA device"
     assert (levers["optimizer"], levers["check_every"], levers["channels_last"]) == \
         ("default", "5", "on")
+    rc, stdout, _ = _cli(["train", "--phi", "-4", "--image-size", "64", "--data", str(data64),
+                          "--steps", "1", "--batch-size", "8", "--device", "cpu", "--quiet"],
+                         capsys)
+    assert rc == 0 and "speed levers" in stdout
+    assert "cuda_graph" in stdout and "loader: cache auto keeps the loader off CUDA" in stdout
     with pytest.raises(SystemExit):
         main(["train", "--data", str(data64), "--check-every", "0"])
     assert "--check-every: expected a number of steps >= 1 or auto" in capsys.readouterr().err

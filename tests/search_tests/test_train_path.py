@@ -49,6 +49,8 @@ def test_a_real_tiny_search_trains_and_records_metrics(surrogate_study):
         assert attrs["ap"] is not None
         assert trial.value == attrs["ap"]
         assert attrs["images_per_s"] > 0 and attrs["train_seconds"] > 0
+        assert attrs["levers"]["cuda_graph"] == "off"  # auto on CPU
+        assert attrs["levers"]["data"].startswith("loader")
         assert attrs["last_epoch"] >= 1 and attrs["macs"] > 0
     assert run_study(d, storage=JOURNAL, quiet=True).started == 0
 
