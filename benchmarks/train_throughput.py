@@ -200,7 +200,11 @@ def profile_step(variant: str, size: int, batch: int, device, *, top: int = 15) 
         return float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0)) \
             if cuda else float(e.self_cpu_time_total)
 
-    kernels = sorted((e for e in events if device_us(e) > 0), key=device_us, reverse=True)
+    def on_device(e) -> bool:  # kernel and memcpy records only: ops' self device time counts
+        return not cuda or str(getattr(e, "device_type", "")).endswith("CUDA")  # them again
+
+    kernels = sorted((e for e in events if on_device(e) and device_us(e) > 0), key=device_us,
+                     reverse=True)
     busy = sum(device_us(e) for e in kernels)
     return {
         "variant": variant, "size": size, "batch": batch, "steps": 5,
