@@ -116,11 +116,12 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 0
     eval_every_epoch: bool = True
-    cuda_graph: bool | str = "auto"
-    compile: str = "off"
-    channels_last: bool = False
-    fused_optimizer: bool | str = "auto"
-    check_every: int | str = "auto"
+    # the speed levers, flat so that they are plain [train] keys; StepOptions owns the defaults
+    cuda_graph: bool | str = StepOptions.cuda_graph
+    compile: str = StepOptions.compile
+    channels_last: bool = StepOptions.channels_last
+    fused_optimizer: bool | str = StepOptions.fused_optimizer
+    check_every: int | str = StepOptions.check_every
 
     def __post_init__(self) -> None:
         budgets = [n for n in ("epochs", "steps", "seconds") if getattr(self, n) is not None]

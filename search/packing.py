@@ -54,6 +54,7 @@ __all__ = [
     "available_cpus",
     "resolve_packing",
     "given_record",
+    "decide_packing",
     "check_trials_per_gpu",
 ]
 
@@ -264,6 +265,22 @@ def given_record(trials_per_gpu: int) -> dict[str, Any]:
     return {"auto": False, "trials_per_gpu": trials_per_gpu,
             "reason": f"{_trials(trials_per_gpu)} per GPU (given: --trials-per-gpu or "
                       "[execution] trials_per_gpu)"}
+
+
+def decide_packing(definition: StudyDefinition, *, gpus: Sequence[int],
+                   trials_per_gpu: int | str, num_classes: int | None = None,
+                   storage: StorageLocation | None = None, cpu_count: int | None = None,
+                   quiet: bool = False) -> tuple[int, dict[str, Any]]:
+    """``(M, record)`` for a run on ``gpus``: with ``trials_per_gpu = "auto"``,
+    :func:`resolve_packing`'s choice (its reason printed unless ``quiet``), else the given
+    number; ``record`` is the study's ``packing`` user attr. Both runners use this."""
+    if trials_per_gpu != AUTO:
+        return int(trials_per_gpu), given_record(int(trials_per_gpu))
+    decision = resolve_packing(definition, gpus=gpus, num_classes=num_classes, storage=storage,
+                               cpu_count=cpu_count)
+    if not quiet:
+        print(f"effscale search: {decision.reason}", flush=True)
+    return decision.trials_per_gpu, decision.to_dict()
 
 
 def check_trials_per_gpu(value: Any) -> int | str:

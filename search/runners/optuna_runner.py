@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from search.objective import Objective, train_inputs, trial_coordinates
-from search.packing import AUTO, check_trials_per_gpu, given_record, resolve_packing
+from search.packing import AUTO, check_trials_per_gpu, decide_packing
 from search.space import grid_size
 from search.storage import (
     WORKER_ATTR,
@@ -75,6 +75,7 @@ __all__ = [
     "effscale_version",
     "open_study",
     "remaining_trials",
+    "target_trials",
     "summarize_run",
     "TrialProgress",
 ]
@@ -480,6 +481,19 @@ def _grid_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(params.items()))
 
 
+def target_trials(definition: StudyDefinition, n_trials: int | None) -> int:
+    """The finished trials a run aims at: ``n_trials``, else the study file's; a ``ValueError``
+    naming ``--n-trials`` when it is below 1 or beyond a grid's points. Both runners use this."""
+    target = n_trials if n_trials is not None else definition.target_trials()
+    if target < 1:
+        raise ValueError(f"--n-trials: must be >= 1, got {target}")
+    points = grid_size(definition.grid()) if definition.study.sampler == "grid" else None
+    if points is not None and target > points:
+        raise ValueError(f"--n-trials: {target} exceeds the {points} grid points (a grid point "
+                         f"never runs twice); use at most {points}")
+    return target
+
+
 def remaining_trials(definition: StudyDefinition, study: Any, target: int) -> int:
     """Trials still to start; for a grid, enqueue failed points so that they are retried."""
     trials = study.get_trials(deepcopy=False)
@@ -540,12 +554,7 @@ def run_study(
 
     d = definition
     ex = d.execution
-    target = n_trials if n_trials is not None else d.target_trials()
-    if target < 1:
-        raise ValueError(f"--n-trials: must be >= 1, got {target}")
-    if d.study.sampler == "grid" and target > grid_size(d.grid()):
-        raise ValueError(f"--n-trials: {target} exceeds the {grid_size(d.grid())} grid points "
-                         f"(a grid point never runs twice); use at most {grid_size(d.grid())}")
+    target = target_trials(d, n_trials)
     gpu_list = tuple(ex.gpus if gpus is None else gpus)
     per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None
                                    else trials_per_gpu)
@@ -567,16 +576,13 @@ def run_study(
         if gpu_list:
             _check_gpus(gpu_list)
     packing = None
-    if gpu_list and slots is None:
-        decision = resolve_packing(d, gpus=gpu_list, num_classes=num_classes, storage=location,
-                                   cpu_count=cpu_count)
-        if not quiet:
-            print(f"effscale search: {decision.reason}", flush=True)
-        packing = decision.to_dict()
-        slots = _slots(wanted, gpu_list, decision.trials_per_gpu)
-        check_workers(location, len(slots))
-    elif gpu_list:
-        packing = given_record(int(per_gpu))
+    if gpu_list:
+        chosen, packing = decide_packing(d, gpus=gpu_list, trials_per_gpu=per_gpu,
+                                         num_classes=num_classes, storage=location,
+                                         cpu_count=cpu_count, quiet=quiet)
+        if slots is None:  # auto: known only now
+            slots = _slots(wanted, gpu_list, chosen)
+            check_workers(location, len(slots))
     assert slots is not None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -94,7 +94,7 @@ from pathlib import Path
 from typing import Any
 
 from search.objective import Objective, train_inputs
-from search.packing import AUTO, check_trials_per_gpu, given_record, resolve_packing
+from search.packing import AUTO, check_trials_per_gpu, decide_packing, resolve_packing
 from search.runners.optuna_runner import (
     RunSummary,
     TrialProgress,
@@ -103,8 +103,9 @@ from search.runners.optuna_runner import (
     prepare_data,
     remaining_trials,
     summarize_run,
+    target_trials,
 )
-from search.space import grid_size, suggest
+from search.space import suggest
 from search.storage import StorageLocation, check_workers, open_storage, resolve_storage_url
 from search.study_file import DataSection, StudyDefinition
 
@@ -825,12 +826,7 @@ def run_study(
     import optuna
 
     d = definition
-    target = n_trials if n_trials is not None else d.target_trials()
-    if target < 1:
-        raise ValueError(f"--n-trials: must be >= 1, got {target}")
-    if d.study.sampler == "grid" and target > grid_size(d.grid()):
-        raise ValueError(f"--n-trials: {target} exceeds the {grid_size(d.grid())} grid points "
-                         f"(a grid point never runs twice); use at most {grid_size(d.grid())}")
+    target = target_trials(d, n_trials)
     if workers is not None and workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {workers}")
     ex = d.execution
@@ -842,14 +838,10 @@ def run_study(
     packing = None
     shares = bool(gpu_list) and (address if address is not None else ex.address) is None and (
         gpus_per_trial if gpus_per_trial is not None else ex.gpus_per_trial) is None
-    if shares and per_gpu == AUTO:
-        decision = resolve_packing(d, gpus=gpu_list, num_classes=num_classes, storage=location,
-                                   cpu_count=cpu_count)
-        if not quiet:
-            print(f"effscale search: {decision.reason}", flush=True)
-        packing, per_gpu = decision.to_dict(), decision.trials_per_gpu
-    elif shares:
-        packing = given_record(int(per_gpu))
+    if shares:
+        per_gpu, packing = decide_packing(d, gpus=gpu_list, trials_per_gpu=per_gpu,
+                                          num_classes=num_classes, storage=location,
+                                          cpu_count=cpu_count, quiet=quiet)
     options = resolve_options(d, workers=workers, gpus=gpus, trials_per_gpu=per_gpu,
                               address=address, cpus_per_trial=cpus_per_trial,
                               gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,

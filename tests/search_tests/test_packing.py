@@ -20,6 +20,7 @@ from search.packing import (
     MAX_TRIALS_PER_GPU,
     check_trials_per_gpu,
     choose_trials_per_gpu,
+    decide_packing,
     estimate_train_bytes,
     resolve_packing,
     study_train_bytes,
@@ -220,3 +221,16 @@ def test_the_study_file_key():
         with pytest.raises(StudyFileError) as info:
             execution(value)
         assert str(info.value) == f"s.toml: execution.trials_per_gpu: {problem}; {fix}"
+
+
+def test_decide_packing_records_a_given_m_and_prints_an_auto_one(capsys):
+    d = load_study_file(STUDIES / "surrogate_compound.toml")
+    assert decide_packing(d, gpus=(0,), trials_per_gpu=3) == (3, {
+        "auto": False, "trials_per_gpu": 3,
+        "reason": "3 trials per GPU (given: --trials-per-gpu or [execution] trials_per_gpu)"})
+    assert capsys.readouterr().out == ""
+    chosen, record = decide_packing(d, gpus=(0,), trials_per_gpu="auto", cpu_count=4)
+    assert (chosen, record["auto"], record["trials_per_gpu"]) == (3, True, 3)
+    assert capsys.readouterr().out == f"effscale search: {record['reason']}\n"
+    decide_packing(d, gpus=(0,), trials_per_gpu="auto", cpu_count=4, quiet=True)
+    assert capsys.readouterr().out == ""

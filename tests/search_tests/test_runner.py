@@ -275,3 +275,18 @@ def test_measured_solve_scores_the_effective_multipliers(surrogate_study):
     for t in trials:
         if t.state.name == "PRUNED":
             assert "measured cost ratio" in t.user_attrs["infeasible_reason"]
+
+
+@pytest.mark.parametrize("runner", ["optuna", "ray"])
+def test_both_runners_refuse_a_target_beyond_the_grid(runner):
+    from search.runners import optuna_runner, ray_runner
+    from search.study_file import load_study_file
+    from tests.search_tests.conftest import STUDIES
+
+    d = load_study_file(STUDIES / "efficientnet_compound.toml")  # 30 grid points
+    run = optuna_runner.run_study if runner == "optuna" else ray_runner.run_study
+    with pytest.raises(ValueError, match="--n-trials: 31 exceeds the 30 grid points"):
+        run(d, n_trials=31, quiet=True)
+    with pytest.raises(ValueError, match="--n-trials: must be >= 1, got 0"):
+        run(d, n_trials=0, quiet=True)
+    assert optuna_runner.target_trials(d, None) == 30
