@@ -6,6 +6,9 @@ buffers and one multi-tensor copy over the integer buffers (BatchNorm's step cou
 update builds two ``state_dict()`` s and launches one copy per counter on every step: for D0 that
 is 784 entries and 108 copies, milliseconds of host time per step, which a CUDA-graph step
 cannot hide.
+
+The update uses torch's multi-tensor ops directly, not timm's private helpers: those changed
+between timm 1.0.29 (the GPU machine's) and 1.0.31, and the tests run against both.
 """
 
 from __future__ import annotations
@@ -22,9 +25,16 @@ class WeightEma(ModelEmaV3):
 
     The lists hold the tensors of ``model`` as they are at the first update, so the model's
     parameters and buffers must be updated in place afterwards (optimizers and ``.to()`` of a
-    module's memory format do that); ``update`` with another model object rebuilds them."""
+    module's memory format do that); ``update`` with another model object rebuilds them.
+
+    The average lives on the model's device in the model's dtypes: ``device`` and ``dtype``
+    (timm's options for an average kept elsewhere) are refused, use ``ModelEmaV3`` for those."""
 
     def __init__(self, model: nn.Module, **kwargs) -> None:
+        for name in ("device", "dtype"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"{name}: WeightEma keeps the average on the model's device in "
+                                 "its dtypes; leave it unset, or use timm's ModelEmaV3")
         super().__init__(model, **kwargs)
         self._source: int | None = None
         self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
@@ -50,6 +60,6 @@ class WeightEma(ModelEmaV3):
         if self._source != id(model):
             self._pair_up(model)
         if self._floats[0]:
-            self._foreach_lerp_(*self._floats, weight=1.0 - decay)
+            torch._foreach_lerp_(*self._floats, weight=1.0 - decay)
         if self._others[0]:
             torch._foreach_copy_(*self._others)

@@ -52,3 +52,9 @@ def test_another_model_object_rebuilds_the_lists_and_a_foreign_one_is_refused():
     torch.testing.assert_close(first, expected)
     with pytest.raises(ValueError, match="another structure"):
         ema.update(torch.nn.Linear(2, 2), step=7)
+
+
+@pytest.mark.parametrize("option", [{"dtype": torch.bfloat16}, {"device": torch.device("meta")}])
+def test_an_average_kept_elsewhere_is_refused_with_the_alternative(option):
+    with pytest.raises(ValueError, match="ModelEmaV3"):
+        WeightEma(_model(), decay=0.9, **option)
