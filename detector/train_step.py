@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from detector.anchors import flatten_outputs
 
 __all__ = [
+    "COMPILE_CHECK_RTOL",
     "COMPILE_MODES",
     "GRAPH_WARMUP_STEPS",
     "StepOptions",
@@ -52,6 +53,9 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autot
 GRAPH_WARMUP_STEPS = 3
 #: ``check_every="auto"`` on CUDA: steps between NaN checks (one host sync each)
 CUDA_CHECK_EVERY = 20
+#: the first compiled step's loss must equal the eager loss on the same batch within this
+#: relative tolerance (bf16 kernels fused differently stay far inside it; a miscompile does not)
+COMPILE_CHECK_RTOL = 0.02
 
 
 class DivergedError(RuntimeError):
@@ -276,13 +280,16 @@ class TrainStep:
     # -- the step ---------------------------------------------------------------------------
 
     def _forward_loss(self, images: Tensor, boxes: Tensor, labels: Tensor, *,
-                      cache: bool = True) -> Tensor:
+                      cache: bool = True, eager: bool = False) -> Tensor:
+        """The loss of one batch; ``eager`` bypasses ``torch.compile`` (the reference)."""
+        model, loss_fn = (self.model, self.criterion) if eager else (self._forward_model,
+                                                                     self._loss_fn)
         dtype = self.autocast_dtype
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None,
                             cache_enabled=cache):
-            cls_levels, box_levels = self._forward_model(images)
+            cls_levels, box_levels = model(images)
         cls, box = flatten_outputs(cls_levels, box_levels, self.num_classes)
-        return self._loss_fn(cls, box, self.anchors, boxes, labels)["loss"]
+        return loss_fn(cls, box, self.anchors, boxes, labels)["loss"]
 
     def _finish(self) -> None:
         if self.grad_clip > 0:
@@ -321,28 +328,61 @@ class TrainStep:
 
     # -- torch.compile ----------------------------------------------------------------------
 
-    def _fall_back_from_compile(self, exc: BaseException) -> None:
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        warnings.warn(f"torch.compile failed, training continues eagerly: {reason}",
+    def _fall_back_from_compile(self, exc: BaseException | None = None, *,
+                                reason: str | None = None, kind: str = "compile failed") -> None:
+        if exc is not None:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            detail = f"{kind} ({type(exc).__name__}: {reason})"
+        else:
+            detail = f"{kind} ({reason})"
+        warnings.warn(f"torch.compile: {kind}; training continues eagerly: {reason}",
                       RuntimeWarning, stacklevel=3)
-        self.levers["compile"] = f"off: compile failed ({type(exc).__name__}: {reason})"
+        self.levers["compile"] = f"off: {detail}"
         self._forward_model = self.model
         self._loss_fn = self.criterion
         self._compile_pending = False
 
     def _first_compiled_step(self, images: Tensor, boxes: Tensor, labels: Tensor) -> Tensor:
-        """The first call compiles; a compile error falls back to eager for this and every
-        later step (the parameters are untouched until the backward pass succeeds)."""
+        """The first call compiles and checks the compiled loss against the eager one on the
+        same batch; a compile error or a mismatch (a miscompile: torch 2.11's Inductor on CPU
+        returns wrong argmax indices inside the anchor assignment) falls back to eager for this
+        and every later step. The parameters, and BatchNorm's statistics, are untouched until
+        the compiled loss has passed the check and its backward pass has succeeded."""
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+
+        def restore_buffers() -> None:
+            with torch.no_grad():
+                for live, saved in zip(self.model.buffers(), buffers):
+                    live.copy_(saved)
+
+        with torch.no_grad():
+            reference = float(self._forward_loss(images, boxes, labels, eager=True))
+        restore_buffers()
         try:
-            loss = self._eager_step(images, boxes, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._forward_loss(images, boxes, labels)
+            compiled = float(loss.detach())
+            agree = math.isclose(compiled, reference, rel_tol=COMPILE_CHECK_RTOL, abs_tol=1e-6)
+            if not (agree or not (math.isfinite(compiled) or math.isfinite(reference))):
+                # (both non-finite: the data diverges either way, LossMonitor reports it)
+                self.optimizer.zero_grad(set_to_none=True)
+                restore_buffers()
+                self._fall_back_from_compile(reason=(
+                    f"the compiled loss {compiled:.6g} differs from the eager loss "
+                    f"{reference:.6g} on the same batch (a miscompile)"), kind="miscompiled")
+                return self._eager_step(images, boxes, labels)
+            loss.backward()
         except Exception as exc:
             if not _is_compile_error(exc):
                 raise
+            self.optimizer.zero_grad(set_to_none=True)
+            restore_buffers()
             self._fall_back_from_compile(exc)
             return self._eager_step(images, boxes, labels)
+        self._finish()
         self._compile_pending = False
         self.levers["compile"] = f"on: mode {self.options.compile}"
-        return loss
+        return loss.detach()
 
     # -- CUDA graphs ------------------------------------------------------------------------
 

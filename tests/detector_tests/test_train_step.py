@@ -10,6 +10,7 @@ import torch
 
 from detector.anchors import cached_anchors, flatten_outputs
 from detector.config import from_scaling
+from detector.ema import WeightEma
 from detector.loss import DetectionLoss
 from detector.model import build_model
 from detector.scaling import PAPER_SPEC
@@ -22,6 +23,7 @@ from detector.train_step import (
     make_optimizer,
     pad_targets,
 )
+from tests.detector_tests.host_reads import HostReadRecorder
 
 NUM_CLASSES = 4
 SIZE = 64
@@ -108,7 +110,7 @@ def test_failed_compile_falls_back_to_eager(monkeypatch):
     eager, _ = _step(StepOptions())
     compiled, _ = _step(StepOptions(compile="default"))
     assert compiled.levers["compile"] == "pending"
-    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+    with pytest.warns(RuntimeWarning, match="torch.compile: compile failed"):
         first = float(compiled(*_batch(seed=0)))
     assert compiled.levers["compile"].startswith("off: compile failed (BackendCompilerFailed")
     assert first == pytest.approx(float(eager(*_batch(seed=0))), rel=1e-6)
@@ -116,6 +118,57 @@ def test_failed_compile_falls_back_to_eager(monkeypatch):
         warnings.simplefilter("error")  # no second warning: the fallback is permanent
         second = float(compiled(*_batch(seed=1)))
     assert second == pytest.approx(float(eager(*_batch(seed=1))), rel=1e-5)
+
+
+def test_a_miscompiled_loss_is_caught_on_the_first_step_and_training_stays_exact(monkeypatch):
+    """Fault injection: a compiled model whose outputs are off, as torch 2.11's Inductor on CPU
+    gets the anchor assignment's argmax wrong. The first step compares the compiled loss with
+    the eager loss on the same batch, falls back, and leaves no trace: the weights and the
+    BatchNorm statistics after each step equal the eager run's."""
+
+    def off_by_some(module, **kwargs):
+        if isinstance(module, DetectionLoss):
+            return module
+
+        def run(images):
+            cls_levels, box_levels = module(images)
+            return [c * 1.5 for c in cls_levels], box_levels
+        return run
+
+    monkeypatch.setattr(torch, "compile", off_by_some)
+    eager, eager_model = _step(StepOptions())
+    compiled, compiled_model = _step(StepOptions(compile="default"))
+    with pytest.warns(RuntimeWarning, match="torch.compile: miscompiled"):
+        first = float(compiled(*_batch(seed=0)))
+    assert compiled.levers["compile"].startswith("off: miscompiled (the compiled loss ")
+    assert first == pytest.approx(float(eager(*_batch(seed=0))), rel=1e-6)
+    second = float(compiled(*_batch(seed=1)))
+    assert second == pytest.approx(float(eager(*_batch(seed=1))), rel=1e-5)
+    for a, b in zip(eager_model.state_dict().values(), compiled_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_faithful_compile_passes_the_check_and_steps_once(monkeypatch):
+    """A compiled callable that computes the same loss passes the first-step check; the first
+    step updates the weights once, like the eager step (the reference forward leaves BatchNorm's
+    statistics as they were)."""
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: (lambda *a, **k: module(*a, **k)))
+    eager, eager_model = _step(StepOptions())
+    compiled, compiled_model = _step(StepOptions(compile="default"))
+    losses = [float(compiled(*_batch(seed=i))) for i in range(2)]
+    assert compiled.levers["compile"] == "on: mode default"
+    assert losses == pytest.approx([float(eager(*_batch(seed=i))) for i in range(2)], rel=1e-5)
+    for a, b in zip(eager_model.state_dict().values(), compiled_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_that_is_nan_both_ways_is_divergence_not_a_miscompile(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: (lambda *a, **k: module(*a, **k)))
+    step, _ = _step(StepOptions(compile="default"))
+    images, boxes, labels = _batch()
+    loss = step(torch.full_like(images, float("nan")), boxes, labels)
+    assert math.isnan(float(loss))
+    assert step.levers["compile"] == "on: mode default"  # LossMonitor reports the divergence
 
 
 def test_an_error_of_the_model_itself_is_not_swallowed_by_the_compile_fallback(monkeypatch):
@@ -197,6 +250,29 @@ def test_loss_with_target_assignment_compiles_as_one_graph():
     assert float(eager["num_positives"]) > 0
 
 
+def test_a_whole_training_step_never_reads_the_device_back():
+    """Forward, loss with anchor assignment, backward, clipping, the fused optimizer, the EMA
+    and the deferred NaN check read no value back and make no host tensor: on CUDA such an
+    operation would break the graph capture or stall the step on the host. The CPU dispatches
+    the same aten operations, so this is checked here."""
+    step, model = _step(StepOptions(fused_optimizer=True), max_objects=8)
+    ema = WeightEma(model, decay=0.999, use_warmup=True)
+    monitor = LossMonitor(check_every=100, device=torch.device("cpu"))
+    batches = [_batch(seed=i) for i in range(3)]
+    monitor.record(0, step(*batches[0]))
+    ema.update(model, step=1)
+    with HostReadRecorder() as recorder:
+        for i, batch in enumerate(batches[1:], start=1):
+            monitor.record(i, step(*batch))
+            ema.update(model, step=i + 1)
+    assert recorder.bad == []
+    assert step.levers["optimizer"] == "fused" and step.steps_run == 3
+    loss = step(*batches[0])
+    with HostReadRecorder() as recorder:  # the recorder does see a read-back
+        float(loss)
+    assert recorder.bad == ["aten._local_scalar_dense.default"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
                     reason="Inductor on CPU needs a C++ compiler")
@@ -207,5 +283,8 @@ def test_compiled_step_with_inductor_matches_eager():
     compiled, _ = _step(StepOptions(compile="default"))
     eager, _ = _step(StepOptions())
     compiled_losses = _run(compiled, 2)
-    assert compiled.levers["compile"] == "on: mode default"
     assert compiled_losses == pytest.approx(_run(eager, 2), rel=1e-4)
+    if compiled.levers["compile"].startswith("off: miscompiled"):  # caught, and training exact
+        pytest.xfail(f"torch {torch.__version__}'s Inductor miscompiles on this CPU (torch 2.11 "
+                     f"returns wrong argmax indices): {compiled.levers['compile']}")
+    assert compiled.levers["compile"] == "on: mode default"

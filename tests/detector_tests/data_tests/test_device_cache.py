@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Subset
 
 from detector.data import (
@@ -28,6 +27,7 @@ from detector.data import (
     normalize,
 )
 from detector.data import device_cache as device_cache_module
+from tests.detector_tests.host_reads import HostReadRecorder
 
 SIZE = (64, 96)
 # uint8 level -> normalized units, per channel
@@ -268,29 +268,10 @@ def test_scale_and_flip_statistics(hflip_prob):
 
 
 # ---------------------------------------------------------------------------- no host sync, traceable
-_FORBIDDEN_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "item")
-
-
-class _OpRecorder(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.bad: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        if any(op in name for op in _FORBIDDEN_OPS):
-            self.bad.append(name)
-        if "aten.index" in name:  # boolean-mask indexing has data-dependent shapes
-            for index in (args[1] if len(args) > 1 else ()) or ():
-                if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
-                    self.bad.append(f"{name} with a boolean mask")
-        return func(*args, **(kwargs or {}))
-
-
 def test_batch_reads_no_value_back_and_makes_no_host_tensor(cache):
     indices = torch.tensor([3, 1, 4, 1])
     generator = torch.Generator().manual_seed(0)
-    with _OpRecorder() as recorder:
+    with HostReadRecorder() as recorder:
         images, boxes, labels = cache.batch(indices, augment=DeviceAugment(), generator=generator)
         plain = cache.batch(indices, augment=None)
     assert recorder.bad == []
