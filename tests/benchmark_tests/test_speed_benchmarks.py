@@ -69,3 +69,25 @@ def test_proxy_quality_trains_both_paths_on_the_same_seed(tmp_path):
     assert result["rows"][0]["levers"]["data"] == "loader: cache off"
     assert result["rows"][1]["levers"]["data"].startswith("loader")  # auto: the loader on CPU
     assert set(result["summary"]) >= {"plain", "fast", "ap_gap_fast_minus_plain", "within_noise"}
+
+
+def test_step_ops_counts_launches_of_both_steps_phase_by_phase(tmp_path):
+    """effscale's step dispatches the same operations at any batch size (static shapes, one
+    vectorized assignment); effdet's target assignment loops over the images, so its count
+    grows with the batch."""
+    out = tmp_path / "ops.json"
+    done = _run("step_ops.py", "--size", "64", "--batches", "2,3", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = {(r["impl"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {("effdet", 2), ("effdet", 3), ("effscale", 2), ("effscale", 3)}
+    phases = ("forward", "targets+loss", "backward", "optimizer", "ema")
+    ours_a, ours_b = rows["effscale", 2], rows["effscale", 3]
+    assert [ours_a[p] for p in phases] == [ours_b[p] for p in phases]
+    assert all(ours_a[p] > 0 for p in phases)
+    assert ours_a["ema"] == 2  # WeightEma: one multi-tensor lerp, one multi-tensor copy
+    assert ours_a["total"] == sum(ours_a[p] for p in phases)
+    assert rows["effdet", 3]["targets+loss"] > rows["effdet", 2]["targets+loss"]
+    assert rows["effdet", 2]["ema"] > 50  # timm's ModelEmaV3: a copy per BatchNorm counter
+    assert result["effdet_over_effscale"]["batch 3"]["total"] > 1
+    assert result["command"] == f"python benchmarks/step_ops.py --size 64 --batches 2,3 --json {out}"
