@@ -91,3 +91,19 @@ def test_step_ops_counts_launches_of_both_steps_phase_by_phase(tmp_path):
     assert rows["effdet", 2]["ema"] > 50  # timm's ModelEmaV3: a copy per BatchNorm counter
     assert result["effdet_over_effscale"]["batch 3"]["total"] > 1
     assert result["command"] == f"python benchmarks/step_ops.py --size 64 --batches 2,3 --json {out}"
+
+
+@pytest.mark.slow
+def test_proxy_quality_can_force_the_fast_levers_on_a_cpu(tmp_path):
+    out = tmp_path / "quality.json"
+    done = _run("proxy_quality.py", "--device", "cpu", "--phi", "-4", "--size", "64",
+                "--steps", "3", "--batch", "4", "--train-images", "16", "--val-images", "4",
+                "--seeds", "0", "--workers", "0", "--force-fast", "--data", str(tmp_path),
+                "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    plain, fast = result["rows"]
+    assert plain["levers"]["data"] == "loader: cache off" and plain["levers"]["optimizer"] == "default"
+    assert fast["levers"]["data"].startswith("device cache")
+    assert fast["levers"]["optimizer"] == "fused" and fast["levers"]["check_every"] == "20"
+    assert result["config"]["force_fast"] is True
