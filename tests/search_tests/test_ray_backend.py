@@ -114,7 +114,10 @@ def test_a_failing_trial_is_retried_then_failed_and_replaced(ray_local, surrogat
     assert all(t.state.name == "PRUNED" for t in duplicates)
     assert summary.n_failed == 1
     assert summary.n_complete + summary.n_pruned - len(duplicates) == 6
-    assert len(finished(trials)) - len(duplicates) == 6 and len(trials) == 7 + len(duplicates)
+    # (once in CI: 8 trials, 6 finished, no duplicate; the states say what the 8th was)
+    states = [(t.number, t.state.name, t.params) for t in trials]
+    assert len(finished(trials)) - len(duplicates) == 6, states
+    assert len(trials) == 7 + len(duplicates), states
     trials = [t for t in trials if "duplicate_of" not in t.user_attrs]
     failed, retried = trials[1], trials[2]
     assert failed.state.name == "FAIL" and failed.system_attrs[ray_runner.ATTEMPTS_ATTR] == 2
