@@ -494,8 +494,12 @@ def target_trials(definition: StudyDefinition, n_trials: int | None) -> int:
     return target
 
 
-def remaining_trials(definition: StudyDefinition, study: Any, target: int) -> int:
-    """Trials still to start; for a grid, enqueue failed points so that they are retried."""
+def remaining_trials(definition: StudyDefinition, study: Any, target: int, *,
+                     running: int = 0) -> int:
+    """Trials still to finish towards ``target`` (those ``running`` now included). For a grid,
+    failed points are enqueued to be retried, but only into free slots (``target`` less the
+    finished points, the ``running`` trials and the retries already queued): a retry queued
+    when the running trials will reach the target would stay WAITING for ever."""
     trials = study.get_trials(deepcopy=False)
     if definition.study.sampler != "grid":
         return target - sum(1 for t in trials if t.state.name in _FINISHED)
@@ -503,8 +507,10 @@ def remaining_trials(definition: StudyDefinition, study: Any, target: int) -> in
             if t.state.name in _FINISHED and t.user_attrs.get("duplicate_of") is None}
     queued = {_grid_key(t.system_attrs.get("fixed_params") or t.params) for t in trials
               if t.state.name == "WAITING"}
-    for key in sorted({_grid_key(t.params) for t in trials if t.state.name == "FAIL"}
-                      - done - queued):
+    free = target - len(done) - running - len(queued)
+    failed = sorted({_grid_key(t.params) for t in trials if t.state.name == "FAIL"}
+                    - done - queued)
+    for key in failed[:max(0, free)]:
         study.enqueue_trial(dict(key))
     return target - len(done)
 

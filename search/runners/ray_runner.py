@@ -425,7 +425,8 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
         study = self._ensure_study()
         while True:
             if self._need is None:
-                self._need = remaining_trials(live.definition, study, live.target) - len(self._open)
+                self._need = remaining_trials(live.definition, study, live.target,
+                                              running=len(self._open)) - len(self._open)
             if self._need <= 0 or live.failed >= live.failure_cap:
                 if self._open:
                     return None  # running trials may still fail and need replacing

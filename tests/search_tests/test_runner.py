@@ -290,3 +290,43 @@ def test_both_runners_refuse_a_target_beyond_the_grid(runner):
     with pytest.raises(ValueError, match="--n-trials: must be >= 1, got 0"):
         run(d, n_trials=0, quiet=True)
     assert optuna_runner.target_trials(d, None) == 30
+
+
+def test_a_failed_grid_point_is_queued_again_only_into_a_free_slot(surrogate_study):
+    """Retries of failed grid points fill free slots only: with the target about to be reached
+    by the running trials, a queued retry would stay WAITING for ever (seen once with Ray)."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from search.runners.optuna_runner import remaining_trials
+
+    definition = load_study_file(surrogate_study({
+        "study.sampler": '"grid"', "space.alpha": "{low = 1.0, high = 1.5, step = 0.1}",
+        "space.beta": "[1.0, 1.1]", "study.n_trials": "6"}))
+    study = optuna.create_study()
+    dist = {"alpha": FloatDistribution(1.0, 2.0)}
+    for alpha, state in [(1.0, TrialState.COMPLETE), (1.1, TrialState.COMPLETE),
+                         (1.2, TrialState.FAIL), (1.3, TrialState.FAIL)]:
+        study.add_trial(create_trial(params={"alpha": alpha}, distributions=dist, state=state,
+                                     value=0.5 if state == TrialState.COMPLETE else None))
+
+    def waiting():
+        return [t.system_attrs["fixed_params"]["alpha"]
+                for t in study.get_trials(states=(TrialState.WAITING,))]
+
+    # target 4: two points done, one trial running elsewhere: one slot, one retry (1.2 first)
+    assert remaining_trials(definition, study, 4, running=1) == 2
+    assert waiting() == [1.2]
+    # asked again with the same state: the queued retry holds the slot, nothing is added
+    assert remaining_trials(definition, study, 4, running=1) == 2
+    assert waiting() == [1.2]
+    # the running trial ends the target: no slot, no retry
+    fresh = optuna.create_study()
+    for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL)):
+        fresh.add_trial(trial)
+    assert remaining_trials(definition, fresh, 3, running=1) == 1
+    assert fresh.get_trials(states=(TrialState.WAITING,)) == []
+    # nothing running and room for both: both failed points are queued
+    assert remaining_trials(definition, fresh, 6) == 4
+    assert sorted(t.system_attrs["fixed_params"]["alpha"]
+                  for t in fresh.get_trials(states=(TrialState.WAITING,))) == [1.2, 1.3]
