@@ -60,32 +60,36 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from detector.complexity import count_complexity
-    from detector.config import PRESET_NAMES, preset
+    from effscale.detector.complexity import count_complexity
+    from effscale.detector.config import PRESET_NAMES, preset
 
     count_complexity(preset("d0"))  # import and decode once, outside the timings
     effdet_meta_count("d0")
     rows = []
     for name in PRESET_NAMES:
-        ours_s, ours = _time(lambda: count_complexity(preset(name)), max(args.repeats, 20))
-        ref_s, (ref_params, ref_macs) = _time(lambda: effdet_meta_count(name), args.repeats)
-        rows.append({
-            "preset": name,
-            "ours_ms": round(ours_s * 1e3, 3),
-            "effdet_meta_ms": round(ref_s * 1e3, 1),
-            "speedup": round(ref_s / ours_s, 1),
-            "ours_params": ours.params,
-            "effdet_params": ref_params,
-            "ours_gmacs": round(ours.macs / 1e9, 4),
-            "effdet_gmacs": round(ref_macs / 1e9, 4),
-        })
+        ours_s, ours = _time(lambda n=name: count_complexity(preset(n)), max(args.repeats, 20))
+        ref_s, (ref_params, ref_macs) = _time(lambda n=name: effdet_meta_count(n), args.repeats)
+        rows.append(
+            {
+                "preset": name,
+                "ours_ms": round(ours_s * 1e3, 3),
+                "effdet_meta_ms": round(ref_s * 1e3, 1),
+                "speedup": round(ref_s / ours_s, 1),
+                "ours_params": ours.params,
+                "effdet_params": ref_params,
+                "ours_gmacs": round(ours.macs / 1e9, 4),
+                "effdet_gmacs": round(ref_macs / 1e9, 4),
+            }
+        )
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
     total_ours = frame["ours_ms"].sum()
     total_ref = frame["effdet_meta_ms"].sum()
-    print(f"\nall eight presets: ours {total_ours:.2f} ms, effdet meta-device {total_ref:.0f} ms, "
-          f"{total_ref / total_ours:.0f}x faster; worst per candidate {frame['ours_ms'].max():.2f} ms "
-          f"(target < 50 ms and >= 10x)")
+    print(
+        f"\nall eight presets: ours {total_ours:.2f} ms, effdet meta-device {total_ref:.0f} ms, "
+        f"{total_ref / total_ours:.0f}x faster; worst per candidate {frame['ours_ms'].max():.2f} ms "
+        f"(target < 50 ms and >= 10x)"
+    )
     if args.json:
         out = {
             "command": "python benchmarks/complexity.py " + " ".join(argv or sys.argv[1:]),

@@ -1,7 +1,7 @@
 """Speed may not cost accuracy: AP after a fixed budget, the plain training path against the
 fast one, on the same seeds and data, with each path's throughput and wall time.
 
-Paths (``detector.train.TrainSettings`` / ``DataSettings``):
+Paths (``effscale.detector.train.TrainSettings`` / ``DataSettings``):
 
 * ``plain``: DataLoader with PIL augmentation (``cache="off"``, ``--workers`` processes), eager
   step, default optimizer, loss checked on the host every step;
@@ -44,24 +44,44 @@ PATHS = {
 FORCED_FAST = (dict(cache="device"), dict(fused_optimizer=True, check_every=20))
 
 
-def run(path: str, *, config, data_dir: Path, steps: int, batch: int, seed: int, lr: float,
-        workers: int, device, force_fast: bool = False) -> dict:
+def run(
+    path: str,
+    *,
+    config,
+    data_dir: Path,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float,
+    workers: int,
+    device,
+    force_fast: bool = False,
+) -> dict:
     """One training run of ``path``; its final metrics, throughput and levers."""
-    from detector.train import DataSettings, TrainSettings, train_proxy
+    from effscale.detector.train import DataSettings, TrainSettings, train_proxy
 
     data_kw, step_kw = FORCED_FAST if force_fast and path == "fast" else PATHS[path]
     start = time.perf_counter()
     result = train_proxy(
         config,
-        data=DataSettings(dir=data_dir, num_workers=workers if data_kw["cache"] == "off" else 0,
-                          **data_kw),
-        settings=TrainSettings(steps=steps, batch_size=batch, lr=lr, seed=seed,
-                               eval_every_epoch=False, **step_kw),
-        device=device, quiet=True)
-    return {"path": path, "seed": seed, "ap": round(result.metrics["ap"], 4),
-            "ap50": round(result.metrics["ap50"], 4),
-            "train_img_per_s": round(result.images_per_s, 1),
-            "wall_s": round(time.perf_counter() - start, 1), "levers": result.levers}
+        data=DataSettings(
+            dir=data_dir, num_workers=workers if data_kw["cache"] == "off" else 0, **data_kw
+        ),
+        settings=TrainSettings(
+            steps=steps, batch_size=batch, lr=lr, seed=seed, eval_every_epoch=False, **step_kw
+        ),
+        device=device,
+        quiet=True,
+    )
+    return {
+        "path": path,
+        "seed": seed,
+        "ap": round(result.metrics["ap"], 4),
+        "ap50": round(result.metrics["ap50"], 4),
+        "train_img_per_s": round(result.images_per_s, 1),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "levers": result.levers,
+    }
 
 
 def main(argv=None) -> int:
@@ -78,20 +98,23 @@ def main(argv=None) -> int:
     parser.add_argument("--train-images", type=int, default=1024)
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--data", help="dataset folder (generated here when missing)")
-    parser.add_argument("--force-fast", action="store_true",
-                        help="force the fast path's levers that run on any device (device cache "
-                             "and augmentation, fused optimizer, NaN check every 20 steps), so "
-                             "that a CPU run compares them too")
+    parser.add_argument(
+        "--force-fast",
+        action="store_true",
+        help="force the fast path's levers that run on any device (device cache "
+        "and augmentation, fused optimizer, NaN check every 20 steps), so "
+        "that a CPU run compares them too",
+    )
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
     import pandas as pd
     import torch
 
-    from detector.config import from_scaling, preset
-    from detector.data import make_synthetic_coco
-    from detector.scaling import PAPER_SPEC
-    from detector.train import resolve_device
+    from effscale.detector.config import from_scaling, preset
+    from effscale.detector.data import make_synthetic_coco
+    from effscale.detector.scaling import PAPER_SPEC
+    from effscale.detector.train import resolve_device
 
     device = resolve_device(args.device)
     size = (args.size, args.size)
@@ -101,26 +124,42 @@ def main(argv=None) -> int:
         config = preset(args.preset, num_classes=10).replace(image_size=size)
     data_dir = Path(args.data or tempfile.mkdtemp(prefix="effscale-quality-")) / "synthetic"
     if not (data_dir / "train").exists():
-        make_synthetic_coco(data_dir, n_train=args.train_images, n_val=args.val_images, seed=0,
-                            image_size=size)
+        make_synthetic_coco(
+            data_dir, n_train=args.train_images, n_val=args.val_images, seed=0, image_size=size
+        )
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for path in PATHS:
-            rows.append(run(path, config=config, data_dir=data_dir, steps=args.steps,
-                            batch=args.batch, seed=seed, lr=args.lr, workers=args.workers,
-                            device=device, force_fast=args.force_fast))
+            rows.append(
+                run(
+                    path,
+                    config=config,
+                    data_dir=data_dir,
+                    steps=args.steps,
+                    batch=args.batch,
+                    seed=seed,
+                    lr=args.lr,
+                    workers=args.workers,
+                    device=device,
+                    force_fast=args.force_fast,
+                )
+            )
             print(rows[-1], flush=True)
     frame = pd.DataFrame(rows).drop(columns=["levers"])
     print(frame.to_string(index=False))
     summary = {}
     for path in PATHS:
         aps = [r["ap"] for r in rows if r["path"] == path]
-        summary[path] = {"mean_ap": round(statistics.fmean(aps), 4),
-                         "seed_spread_ap": round(max(aps) - min(aps), 4),
-                         "mean_train_img_per_s": round(statistics.fmean(
-                             r["train_img_per_s"] for r in rows if r["path"] == path), 1),
-                         "mean_wall_s": round(statistics.fmean(
-                             r["wall_s"] for r in rows if r["path"] == path), 1)}
+        summary[path] = {
+            "mean_ap": round(statistics.fmean(aps), 4),
+            "seed_spread_ap": round(max(aps) - min(aps), 4),
+            "mean_train_img_per_s": round(
+                statistics.fmean(r["train_img_per_s"] for r in rows if r["path"] == path), 1
+            ),
+            "mean_wall_s": round(
+                statistics.fmean(r["wall_s"] for r in rows if r["path"] == path), 1
+            ),
+        }
     noise = max(summary[p]["seed_spread_ap"] for p in PATHS)
     gap = summary["fast"]["mean_ap"] - summary["plain"]["mean_ap"]
     summary["ap_gap_fast_minus_plain"] = round(gap, 4)
@@ -128,18 +167,35 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=1))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "command": "python benchmarks/proxy_quality.py " + " ".join(argv or sys.argv[1:]),
-            "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                       else platform.processor() or platform.machine()),
-            "torch": torch.__version__,
-            "config": {"preset": None if args.phi is not None else args.preset, "phi": args.phi,
-                       "size": args.size, "steps": args.steps, "batch": args.batch,
-                       "lr": args.lr, "train_images": args.train_images,
-                       "val_images": args.val_images, "force_fast": args.force_fast},
-            "rows": rows,
-            "summary": summary,
-        }, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "command": "python benchmarks/proxy_quality.py "
+                    + " ".join(argv or sys.argv[1:]),
+                    "device": (
+                        torch.cuda.get_device_name(device)
+                        if device.type == "cuda"
+                        else platform.processor() or platform.machine()
+                    ),
+                    "torch": torch.__version__,
+                    "config": {
+                        "preset": None if args.phi is not None else args.preset,
+                        "phi": args.phi,
+                        "size": args.size,
+                        "steps": args.steps,
+                        "batch": args.batch,
+                        "lr": args.lr,
+                        "train_images": args.train_images,
+                        "val_images": args.val_images,
+                        "force_fast": args.force_fast,
+                    },
+                    "rows": rows,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -35,8 +35,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 NUM_CLASSES = 10
 PHASES = ("forward", "targets+loss", "backward", "optimizer", "ema")
-_NO_KERNEL = ("aten.detach", "aten.empty", "aten.empty_strided", "aten.empty_like",
-              "aten._unsafe_view", "aten.lift_fresh", "aten.set_")
+_NO_KERNEL = (
+    "aten.detach",
+    "aten.empty",
+    "aten.empty_strided",
+    "aten.empty_like",
+    "aten._unsafe_view",
+    "aten.lift_fresh",
+    "aten.set_",
+)
 
 
 def _counter():
@@ -75,22 +82,21 @@ def _count(phases: dict, name: str, fn):
 def ours_phases(size: int, batch: int) -> dict:
     """effscale's D0 step (the CUDA default minus the graph: fused SGD, clipping, WeightEma)."""
     import torch
-
-    from detector.anchors import cached_anchors, flatten_outputs
-    from detector.config import preset
-    from detector.ema import WeightEma
-    from detector.loss import DetectionLoss
-    from detector.model import build_model
-    from detector.train_step import make_optimizer
     from train_throughput import random_batch
+
+    from effscale.detector.anchors import cached_anchors, flatten_outputs
+    from effscale.detector.config import preset
+    from effscale.detector.ema import WeightEma
+    from effscale.detector.loss import DetectionLoss
+    from effscale.detector.model import build_model
+    from effscale.detector.train_step import make_optimizer
 
     torch.manual_seed(0)
     config = preset("d0", num_classes=NUM_CLASSES).replace(image_size=(size, size))
     model = build_model(config).train()
     optimizer = make_optimizer(model, name="sgd", lr=0.01, fused=True)
     criterion = DetectionLoss(num_classes=NUM_CLASSES)
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level)
+    anchors = cached_anchors(config.anchors, config.image_size, config.min_level, config.max_level)
     ema = WeightEma(model, decay=0.9998, use_warmup=True)
     images, boxes, labels = random_batch(batch, size, torch.device("cpu"))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -99,11 +105,19 @@ def ours_phases(size: int, batch: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = _count(phases, "forward", lambda: model(images))
-        loss = _count(phases, "targets+loss", lambda: criterion(
-            *flatten_outputs(*outputs, NUM_CLASSES), anchors, boxes, labels)["loss"])
+        loss = _count(
+            phases,
+            "targets+loss",
+            lambda: criterion(*flatten_outputs(*outputs, NUM_CLASSES), anchors, boxes, labels)[
+                "loss"
+            ],
+        )
         _count(phases, "backward", loss.backward)
-        _count(phases, "optimizer", lambda: (torch.nn.utils.clip_grad_norm_(params, 10.0),
-                                             optimizer.step()))
+        _count(
+            phases,
+            "optimizer",
+            lambda: (torch.nn.utils.clip_grad_norm_(params, 10.0), optimizer.step()),
+        )
         _count(phases, "ema", lambda: ema.update(model, step=index + 1))
 
     return _measure(step)
@@ -136,9 +150,11 @@ def effdet_phases(size: int, batch: int) -> dict:
         whole = phases.pop("whole")
         net = forward["forward"]
         phases["forward"] = net
-        phases["targets+loss"] = {"kernels": whole["kernels"] - net["kernels"],
-                                  "no_kernel": whole["no_kernel"] - net["no_kernel"],
-                                  "top": whole["top"] - net["top"]}
+        phases["targets+loss"] = {
+            "kernels": whole["kernels"] - net["kernels"],
+            "no_kernel": whole["no_kernel"] - net["no_kernel"],
+            "top": whole["top"] - net["top"],
+        }
         _count(phases, "backward", loss.backward)
         _count(phases, "optimizer", optimizer.step)
         _count(phases, "ema", lambda: ema.update(bench.model, step=index + 1))
@@ -155,19 +171,29 @@ def _measure(step) -> dict:
     out = {}
     for name in PHASES:
         entry = phases[name]
-        out[name] = {"kernels": entry["kernels"], "no_kernel": entry["no_kernel"],
-                     "top": dict(entry["top"].most_common(5))}
+        out[name] = {
+            "kernels": entry["kernels"],
+            "no_kernel": entry["no_kernel"],
+            "top": dict(entry["top"].most_common(5)),
+        }
     out["total_kernels"] = sum(out[name]["kernels"] for name in PHASES)
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=128,
-                        help="image side in px (counts barely depend on it: 'same' padding adds a "
-                             "pad operation only where a feature map needs one; default 128)")
-    parser.add_argument("--batches", default="4,32",
-                        help="batch sizes, comma-separated (at least 2: BatchNorm trains)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=128,
+        help="image side in px (counts barely depend on it: 'same' padding adds a "
+        "pad operation only where a feature map needs one; default 128)",
+    )
+    parser.add_argument(
+        "--batches",
+        default="4,32",
+        help="batch sizes, comma-separated (at least 2: BatchNorm trains)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     import pandas as pd
@@ -178,32 +204,53 @@ def main(argv=None) -> int:
     for batch in (int(b) for b in args.batches.split(",")):
         for name, fn in (("effdet", effdet_phases), ("effscale", ours_phases)):
             counts = fn(args.size, batch)
-            rows.append({"impl": name, "batch": batch, "size": args.size,
-                         **{phase: counts[phase]["kernels"] for phase in PHASES},
-                         "total": counts["total_kernels"], "detail": counts})
-            print(f"{name:8s} batch {batch:3d}: {counts['total_kernels']} kernel operations",
-                  flush=True)
+            rows.append(
+                {
+                    "impl": name,
+                    "batch": batch,
+                    "size": args.size,
+                    **{phase: counts[phase]["kernels"] for phase in PHASES},
+                    "total": counts["total_kernels"],
+                    "detail": counts,
+                }
+            )
+            print(
+                f"{name:8s} batch {batch:3d}: {counts['total_kernels']} kernel operations",
+                flush=True,
+            )
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "detail"} for r in rows])
     print(table.to_string(index=False))
     ratios = {}
     for batch in sorted({r["batch"] for r in rows}):
         pair = {r["impl"]: r for r in rows if r["batch"] == batch}
-        ratios[f"batch {batch}"] = {phase: round(pair["effdet"][phase] / pair["effscale"][phase], 2)
-                                    for phase in (*PHASES, "total") if pair["effscale"][phase]}
+        ratios[f"batch {batch}"] = {
+            phase: round(pair["effdet"][phase] / pair["effscale"][phase], 2)
+            for phase in (*PHASES, "total")
+            if pair["effscale"][phase]
+        }
     print("effdet / effscale:", json.dumps(ratios))
     if args.json:
         import effdet
         import timm
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python benchmarks/step_ops.py " + " ".join(argv if argv is not None
-                                                                     else sys.argv[1:]),
-            "torch": torch.__version__, "timm": timm.__version__,
-            "effdet": getattr(effdet, "__version__", "unknown"),
-            "machine": platform.processor() or platform.machine(),
-            "rows": rows, "effdet_over_effscale": ratios,
-        }, indent=2, default=int) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": "python benchmarks/step_ops.py "
+                    + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "torch": torch.__version__,
+                    "timm": timm.__version__,
+                    "effdet": getattr(effdet, "__version__", "unknown"),
+                    "machine": platform.processor() or platform.machine(),
+                    "rows": rows,
+                    "effdet_over_effscale": ratios,
+                },
+                indent=2,
+                default=int,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -45,11 +45,11 @@ VARIANTS = {
     "plain": dict(cuda_graph=False, fused_optimizer=False, check_every=1),
     "fused": dict(cuda_graph=False, fused_optimizer=True, check_every=20),
     "graph": dict(cuda_graph=True, fused_optimizer=True, check_every=20),
-    "graph_nhwc": dict(cuda_graph=True, fused_optimizer=True, check_every=20,
-                       channels_last=True),
+    "graph_nhwc": dict(cuda_graph=True, fused_optimizer=True, check_every=20, channels_last=True),
     "compile": dict(cuda_graph=False, fused_optimizer=True, check_every=20, compile="default"),
-    "compile_ro": dict(cuda_graph=False, fused_optimizer=True, check_every=20,
-                       compile="reduce-overhead"),
+    "compile_ro": dict(
+        cuda_graph=False, fused_optimizer=True, check_every=20, compile="reduce-overhead"
+    ),
 }
 DEFAULT_VARIANTS = "effdet,plain,fused,graph,graph_nhwc"
 
@@ -72,25 +72,34 @@ def ours_step(variant: str, size: int, batch: int, device, *, config=None):
     ``config``: returns ``(step closure, TrainStep)``."""
     import torch
 
-    from detector.anchors import cached_anchors
-    from detector.config import preset
-    from detector.loss import DetectionLoss
-    from detector.model import build_model
-    from detector.train_step import LossMonitor, StepOptions, TrainStep, make_optimizer
+    from effscale.detector.anchors import cached_anchors
+    from effscale.detector.config import preset
+    from effscale.detector.loss import DetectionLoss
+    from effscale.detector.model import build_model
+    from effscale.detector.train_step import LossMonitor, StepOptions, TrainStep, make_optimizer
 
     if config is None:
         config = preset("d0", num_classes=NUM_CLASSES).replace(image_size=(size, size))
     options = StepOptions(**VARIANTS[variant]).resolve(device)
     model = build_model(config).to(device).train()
-    optimizer = make_optimizer(model, name="sgd", lr=0.01, momentum=0.9,
-                               fused=options.fused_optimizer)
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level, device=device)
+    optimizer = make_optimizer(
+        model, name="sgd", lr=0.01, momentum=0.9, fused=options.fused_optimizer
+    )
+    anchors = cached_anchors(
+        config.anchors, config.image_size, config.min_level, config.max_level, device=device
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else None
-    train_step = TrainStep(model=model, criterion=DetectionLoss(num_classes=config.num_classes),
-                           optimizer=optimizer, anchors=anchors, num_classes=config.num_classes,
-                           grad_clip=10.0, autocast_dtype=dtype, options=options,
-                           max_objects=MAX_OBJECTS)
+    train_step = TrainStep(
+        model=model,
+        criterion=DetectionLoss(num_classes=config.num_classes),
+        optimizer=optimizer,
+        anchors=anchors,
+        num_classes=config.num_classes,
+        grad_clip=10.0,
+        autocast_dtype=dtype,
+        options=options,
+        max_objects=MAX_OBJECTS,
+    )
     monitor = LossMonitor(check_every=options.check_every, device=device)
     images, boxes, labels = random_batch(batch, config.image_size[0], device)
     counter = {"step": 0}
@@ -113,11 +122,14 @@ def effdet_step(size: int, batch: int, device):
     config.num_classes = NUM_CLASSES
     config.image_size = (size, size)
     bench = DetBenchTrain(EfficientDet(config, pretrained_backbone=False)).to(device).train()
-    optimizer = torch.optim.SGD(bench.parameters(), lr=0.01, momentum=0.9,
-                                foreach=device.type == "cuda")
+    optimizer = torch.optim.SGD(
+        bench.parameters(), lr=0.01, momentum=0.9, foreach=device.type == "cuda"
+    )
     images, boxes, labels = random_batch(batch, size, device)
-    target = {"bbox": boxes[..., [1, 0, 3, 2]],  # effdet wants yxyx
-              "cls": (labels + 1).float()}  # and 1-based classes
+    target = {
+        "bbox": boxes[..., [1, 0, 3, 2]],  # effdet wants yxyx
+        "cls": (labels + 1).float(),
+    }  # and 1-based classes
     dtype = torch.bfloat16 if device.type == "cuda" else None
 
     def step():
@@ -164,9 +176,14 @@ def run_case(variant: str, size: int, batch: int, device, *, warmup: int, steps:
     step.flush()
     _sync(device)
     seconds = (time.perf_counter() - start) / steps
-    row = {"variant": variant, "size": size, "batch": batch,
-           "img_per_s": round(batch / seconds, 1), "ms_per_step": round(seconds * 1e3, 2),
-           "setup_s": round(setup, 1)}
+    row = {
+        "variant": variant,
+        "size": size,
+        "batch": batch,
+        "img_per_s": round(batch / seconds, 1),
+        "ms_per_step": round(seconds * 1e3, 2),
+        "setup_s": round(setup, 1),
+    }
     if device.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if levers:
@@ -177,7 +194,6 @@ def run_case(variant: str, size: int, batch: int, device, *, warmup: int, steps:
 def profile_step(variant: str, size: int, batch: int, device, *, top: int = 15) -> dict:
     """torch.profiler over 5 steps of ``variant``: the top kernels by device time (CPU ops on
     CPU), and the device-busy fraction of the wall time (1.0 = never waiting on launches)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     step, _ = ours_step(variant, size, batch, device)
@@ -197,22 +213,38 @@ def profile_step(variant: str, size: int, batch: int, device, *, top: int = 15) 
     cuda = device.type == "cuda"
 
     def device_us(e) -> float:
-        return float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0)) \
-            if cuda else float(e.self_cpu_time_total)
+        return (
+            float(
+                getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0)
+            )
+            if cuda
+            else float(e.self_cpu_time_total)
+        )
 
     def on_device(e) -> bool:  # kernel and memcpy records only: ops' self device time counts
         return not cuda or str(getattr(e, "device_type", "")).endswith("CUDA")  # them again
 
-    kernels = sorted((e for e in events if on_device(e) and device_us(e) > 0), key=device_us,
-                     reverse=True)
+    kernels = sorted(
+        (e for e in events if on_device(e) and device_us(e) > 0), key=device_us, reverse=True
+    )
     busy = sum(device_us(e) for e in kernels)
     return {
-        "variant": variant, "size": size, "batch": batch, "steps": 5,
+        "variant": variant,
+        "size": size,
+        "batch": batch,
+        "steps": 5,
         "wall_ms": round(wall_us / 1e3, 1),
         "device_busy_fraction": round(busy / wall_us, 3) if cuda else None,
         "kernel_launches": int(sum(e.count for e in kernels)) if cuda else None,
-        "top": [{"name": e.key[:120], "ms": round(device_us(e) / 1e3, 2), "calls": int(e.count),
-                 "share": round(device_us(e) / busy, 3)} for e in kernels[:top]],
+        "top": [
+            {
+                "name": e.key[:120],
+                "ms": round(device_us(e) / 1e3, 2),
+                "calls": int(e.count),
+                "share": round(device_us(e) / busy, 3),
+            }
+            for e in kernels[:top]
+        ],
     }
 
 
@@ -220,14 +252,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="effscale vs effdet training throughput")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cases", default="512x32,256x32,256x128", help="SIZExBATCH list")
-    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
-                        help=f"comma list of effdet,{','.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=DEFAULT_VARIANTS, help=f"comma list of effdet,{','.join(VARIANTS)}"
+    )
     parser.add_argument("--warmup", type=int, default=6)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--profile", metavar="VARIANT@SIZExBATCH", action="append", default=[],
-                        help="also profile a variant, e.g. fused@256x32 (repeatable)")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="let cuDNN pick convolution algorithms by timing (all variants)")
+    parser.add_argument(
+        "--profile",
+        metavar="VARIANT@SIZExBATCH",
+        action="append",
+        default=[],
+        help="also profile a variant, e.g. fused@256x32 (repeatable)",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN pick convolution algorithms by timing (all variants)",
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -236,25 +277,33 @@ def main(argv=None) -> int:
 
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
-    from detector.train import resolve_device
+    from effscale.detector.train import resolve_device
 
     device = resolve_device(args.device)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v != "effdet" and v not in VARIANTS]
     if unknown:
-        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from effdet, "
-                     f"{', '.join(VARIANTS)}")
+        parser.error(
+            f"--variants: unknown {', '.join(unknown)}; choose from effdet, {', '.join(VARIANTS)}"
+        )
     rows, failures, profiles = [], [], []
     for case in args.cases.split(","):
         size, batch = (int(v) for v in case.lower().split("x"))
         for variant in variants:
             try:
-                rows.append(run_case(variant, size, batch, device, warmup=args.warmup,
-                                     steps=args.steps))
+                rows.append(
+                    run_case(variant, size, batch, device, warmup=args.warmup, steps=args.steps)
+                )
                 print(rows[-1], flush=True)
             except Exception as exc:  # an OOM or a missing effdet must not lose the other rows
-                failures.append({"variant": variant, "size": size, "batch": batch,
-                                 "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"})
+                failures.append(
+                    {
+                        "variant": variant,
+                        "size": size,
+                        "batch": batch,
+                        "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                    }
+                )
                 print("FAILED", failures[-1], flush=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -275,19 +324,29 @@ def main(argv=None) -> int:
         print(wide.to_string())
         summary = json.loads(wide.reset_index().to_json(orient="records"))
     if args.json:
-        device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                       else platform.processor() or platform.machine())
+        device_name = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine()
+        )
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "command": "python benchmarks/train_throughput.py " + " ".join(argv or sys.argv[1:]),
-            "device": device_name,
-            "torch": torch.__version__,
-            "cudnn_benchmark": args.cudnn_benchmark,
-            "rows": rows,
-            "speedups": summary,
-            "failures": failures,
-            "profiles": profiles,
-        }, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "command": "python benchmarks/train_throughput.py "
+                    + " ".join(argv or sys.argv[1:]),
+                    "device": device_name,
+                    "torch": torch.__version__,
+                    "cudnn_benchmark": args.cudnn_benchmark,
+                    "rows": rows,
+                    "speedups": summary,
+                    "failures": failures,
+                    "profiles": profiles,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 1 if failures and not rows else 0
 
 

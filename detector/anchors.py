@@ -23,12 +23,12 @@ code stretches the grid over the image, and so do we. Anchor centres are
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from detector.config import AnchorConfig, DetectorConfig
+from .config import AnchorConfig, DetectorConfig
 
 __all__ = [
     "check_flat_outputs",
@@ -50,8 +50,9 @@ def _describe(value: object) -> object:
     return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
 
 
-def check_flat_outputs(cls_outputs: object, box_outputs: object, anchors: object, *,
-                       num_classes: int | None = None) -> tuple[int, int, int]:
+def check_flat_outputs(
+    cls_outputs: object, box_outputs: object, anchors: object, *, num_classes: int | None = None
+) -> tuple[int, int, int]:
     """Check the flattened head outputs against each other and the anchors.
 
     Expects ``cls_outputs`` Tensor[B, N, C] (C = ``num_classes`` when given), ``box_outputs``
@@ -59,16 +60,22 @@ def check_flat_outputs(cls_outputs: object, box_outputs: object, anchors: object
     ``ValueError`` that names the argument and the expected shape.
     """
     c = "C" if num_classes is None else str(num_classes)
-    if (not isinstance(cls_outputs, Tensor) or cls_outputs.dim() != 3
-            or (num_classes is not None and cls_outputs.shape[2] != num_classes)):
+    if (
+        not isinstance(cls_outputs, Tensor)
+        or cls_outputs.dim() != 3
+        or (num_classes is not None and cls_outputs.shape[2] != num_classes)
+    ):
         raise ValueError(f"cls_outputs: expected shape [B, N, {c}], got {_describe(cls_outputs)}")
     batch, num_anchors, classes = cls_outputs.shape
     if not isinstance(box_outputs, Tensor) or tuple(box_outputs.shape) != (batch, num_anchors, 4):
-        raise ValueError(f"box_outputs: expected shape [{batch}, {num_anchors}, 4] (B, N, 4), "
-                         f"got {_describe(box_outputs)}")
+        raise ValueError(
+            f"box_outputs: expected shape [{batch}, {num_anchors}, 4] (B, N, 4), "
+            f"got {_describe(box_outputs)}"
+        )
     if not isinstance(anchors, Tensor) or tuple(anchors.shape) != (num_anchors, 4):
-        raise ValueError(f"anchors: expected shape [{num_anchors}, 4] (N, 4), got "
-                         f"{_describe(anchors)}")
+        raise ValueError(
+            f"anchors: expected shape [{num_anchors}, 4] (N, 4), got {_describe(anchors)}"
+        )
     return batch, num_anchors, classes
 
 
@@ -86,7 +93,13 @@ def _check_image_size(image_size: object) -> tuple[int, int]:
 
 
 def _check_levels(min_level: object, max_level: object) -> None:
-    if not (_is_int(min_level) and _is_int(max_level) and 0 <= min_level <= max_level <= 16):
+    if not (
+        isinstance(min_level, int)
+        and isinstance(max_level, int)
+        and _is_int(min_level)
+        and _is_int(max_level)
+        and 0 <= min_level <= max_level <= 16
+    ):
         raise ValueError(
             "min_level/max_level: expected ints with 0 <= min_level <= max_level <= 16, "
             f"got min_level={min_level!r}, max_level={max_level!r}"
@@ -274,8 +287,8 @@ class Anchors(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, config: DetectorConfig) -> "Anchors":
-        """The anchors of a :class:`~detector.config.DetectorConfig`."""
+    def from_config(cls, config: DetectorConfig) -> Anchors:
+        """The anchors of a :class:`~effscale.detector.config.DetectorConfig`."""
         if not isinstance(config, DetectorConfig):
             raise ValueError(f"config: expected a DetectorConfig, got {type(config).__name__}")
         return cls(config.anchors, config.image_size, config.min_level, config.max_level)

@@ -3,7 +3,7 @@
 The architecture is the table :data:`EFFICIENTNET_B0_ARCH` (timm's block-string notation); the
 width multiplier is applied to every layer's channels by ``round_channels`` and the depth
 multiplier to every stage's repeats by ceil, in :func:`decode_backbone`. That is the single
-place where multipliers touch the backbone, and :mod:`detector.complexity` reads the same
+place where multipliers touch the backbone, and :mod:`effscale.detector.complexity` reads the same
 decoded table.
 """
 
@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from timm.models._efficientnet_builder import decode_arch_def
+from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 
-from detector.config import BackboneConfig
-from detector.scaling import round_channels
+from .config import BackboneConfig
+from .scaling import round_channels
 
 __all__ = [
     "EFFICIENTNET_B0_ARCH",
@@ -64,26 +66,28 @@ class BlockSpec:
 
 def decode_backbone(config: BackboneConfig) -> tuple[int, list[BlockSpec]]:
     """Apply the multipliers to the B0 table: returns (stem channels, block specs in order)."""
-    from timm.models._efficientnet_builder import decode_arch_def
 
-    stages = decode_arch_def([list(row) for row in EFFICIENTNET_B0_ARCH], config.depth_multiplier,
-                             depth_trunc="ceil")
+    stages = decode_arch_def(
+        [list(row) for row in EFFICIENTNET_B0_ARCH], config.depth_multiplier, depth_trunc="ceil"
+    )
     stem = round_channels(STEM_CHANNELS, config.width_multiplier)
     blocks: list[BlockSpec] = []
     in_channels = stem
     for stage_index, stage in enumerate(stages):
         for block_index, args in enumerate(stage):
             out_channels = round_channels(args["out_chs"], config.width_multiplier)
-            blocks.append(BlockSpec(
-                kind=args["block_type"],
-                in_channels=in_channels,
-                out_channels=out_channels,
-                kernel=int(args["dw_kernel_size"]),
-                stride=int(args["stride"]) if block_index == 0 else 1,
-                expansion=float(args.get("exp_ratio", 1.0)),
-                se_ratio=float(args.get("se_ratio") or 0.0),
-                stage=stage_index,
-            ))
+            blocks.append(
+                BlockSpec(
+                    kind=args["block_type"],
+                    in_channels=in_channels,
+                    out_channels=out_channels,
+                    kernel=int(args["dw_kernel_size"]),
+                    stride=int(args["stride"]) if block_index == 0 else 1,
+                    expansion=float(args.get("exp_ratio", 1.0)),
+                    se_ratio=float(args.get("se_ratio") or 0.0),
+                    stage=stage_index,
+                )
+            )
             in_channels = out_channels
     return stem, blocks
 
@@ -108,11 +112,10 @@ class EfficientNetBackbone(nn.Module):
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
-        from timm.models._efficientnet_builder import decode_arch_def
-        from timm.models.efficientnet import EfficientNetFeatures
 
-        block_args = decode_arch_def([list(row) for row in EFFICIENTNET_B0_ARCH],
-                                     config.depth_multiplier, depth_trunc="ceil")
+        block_args = decode_arch_def(
+            [list(row) for row in EFFICIENTNET_B0_ARCH], config.depth_multiplier, depth_trunc="ceil"
+        )
         self.body = EfficientNetFeatures(
             block_args,
             out_indices=(2, 3, 4),

@@ -1,6 +1,6 @@
 """The BiFPN: extra pyramid levels from the backbone, then repeated cells of weighted fusion nodes.
 
-The cell's structure is data (:class:`detector.fpn_graph.FpnGraph`); this module only turns
+The cell's structure is data (:class:`effscale.detector.fpn_graph.FpnGraph`); this module only turns
 nodes into layers.
 """
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.config import FUSION_METHODS
-from detector.fpn_graph import FpnGraph, FpnNode
-from detector.layers import ConvBn, SeparableConv, batch_norm, resize_to
+from .config import FUSION_METHODS
+from .fpn_graph import FpnGraph, FpnNode
+from .layers import ConvBn, SeparableConv, batch_norm, resize_to
 
 __all__ = ["FUSION_EPS", "FusionNode", "BifpnCell", "ExtraLevels", "Bifpn", "extra_level_sizes"]
 
@@ -38,8 +38,9 @@ class FusionNode(nn.Module):
     gives the channels of each input; ``None`` means already ``channels``).
     """
 
-    def __init__(self, num_inputs: int, channels: int, fusion: str,
-                 in_channels: tuple[int, ...]) -> None:
+    def __init__(
+        self, num_inputs: int, channels: int, fusion: str, in_channels: tuple[int, ...]
+    ) -> None:
         super().__init__()
         if fusion not in FUSION_METHODS:
             raise ValueError(f"fusion: must be one of {', '.join(FUSION_METHODS)}, got {fusion!r}")
@@ -53,7 +54,7 @@ class FusionNode(nn.Module):
 
     def forward(self, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         maps = [resize_to(conv(x), size) for conv, x in zip(self.input_convs, inputs)]
-        if self.fusion == "sum":
+        if self.weight is None:  # "sum" fusion has no weights
             fused = torch.stack(maps, dim=-1).sum(dim=-1)
         else:
             if self.fusion == "fastattn":
@@ -72,14 +73,16 @@ class BifpnCell(nn.Module):
     from ``channels`` are resampled by each node that reads them (the first cell only).
     """
 
-    def __init__(self, graph: FpnGraph, channels: int, fusion: str,
-                 in_channels: tuple[int, ...]) -> None:
+    def __init__(
+        self, graph: FpnGraph, channels: int, fusion: str, in_channels: tuple[int, ...]
+    ) -> None:
         super().__init__()
         self.graph = graph
         all_channels = list(in_channels) + [channels] * len(graph.nodes)
         self.nodes = nn.ModuleList(
-            FusionNode(len(node.inputs), channels, fusion,
-                       tuple(all_channels[i] for i in node.inputs))
+            FusionNode(
+                len(node.inputs), channels, fusion, tuple(all_channels[i] for i in node.inputs)
+            )
             for node in graph.nodes
         )
         self._outputs = graph.output_indices()
@@ -118,8 +121,15 @@ class Bifpn(nn.Module):
     cells. Input: maps for levels 3, 4, 5 ([B, C_l, H_l, W_l]). Output: ``max_level - min_level
     + 1`` maps [B, channels, H_l, W_l], ascending level."""
 
-    def __init__(self, *, graph: FpnGraph, channels: int, repeats: int, fusion: str,
-                 backbone_channels: dict[int, int]) -> None:
+    def __init__(
+        self,
+        *,
+        graph: FpnGraph,
+        channels: int,
+        repeats: int,
+        fusion: str,
+        backbone_channels: dict[int, int],
+    ) -> None:
         super().__init__()
         self.min_level = graph.min_level
         self.max_level = graph.max_level
@@ -130,7 +140,9 @@ class Bifpn(nn.Module):
         in_channels = tuple(backbone_channels[lvl] for lvl in self._backbone_levels)
         in_channels += (channels,) * (self.max_level - top)
         self.cells = nn.ModuleList(
-            BifpnCell(graph, channels, fusion, in_channels if i == 0 else (channels,) * graph.num_levels)
+            BifpnCell(
+                graph, channels, fusion, in_channels if i == 0 else (channels,) * graph.num_levels
+            )
             for i in range(repeats)
         )
 

@@ -16,7 +16,7 @@ Counting convention
   Radosavovic et al. 2020), a proxy for memory traffic.
 
 The count is analytic: it walks the same decoded architecture table that
-:mod:`detector.backbone` builds, so it allocates nothing and takes about a millisecond.
+:mod:`effscale.detector.backbone` builds, so it allocates nothing and takes about a millisecond.
 :func:`trace_complexity` measures the same quantities on the meta device and is the reference
 that tests compare against.
 """
@@ -25,10 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from detector.backbone import BlockSpec, decode_backbone, feature_channels
-from detector.config import DetectorConfig
-from detector.fpn_graph import bifpn_graph
-from detector.scaling import make_divisible
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .backbone import BlockSpec, decode_backbone, feature_channels
+from .config import DetectorConfig
+from .fpn_graph import bifpn_graph
+from .model import build_model
+from .scaling import make_divisible
 
 __all__ = ["COUNTING_CONVENTION", "Complexity", "count_complexity", "trace_complexity"]
 
@@ -46,8 +50,16 @@ class _Tally:
     macs: int = 0
     activations: int = 0
 
-    def conv(self, cin: int, cout: int, k: int, out_hw: tuple[int, int], *, groups: int = 1,
-             bias: bool = False) -> None:
+    def conv(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        out_hw: tuple[int, int],
+        *,
+        groups: int = 1,
+        bias: bool = False,
+    ) -> None:
         per_position = cout * (cin // groups) * k * k
         positions = out_hw[0] * out_hw[1]
         self.params += per_position + (cout if bias else 0)
@@ -145,16 +157,18 @@ def count_complexity(config: DetectorConfig) -> Complexity:
         fpn.bn(channels)
     graph = bifpn_graph(config.min_level, config.max_level)
     input_levels = graph.levels_of_inputs()
-    first_channels = [backbone_channels.get(lvl, channels) if lvl <= top else channels
-                      for lvl in config.levels]
+    first_channels = [
+        backbone_channels.get(lvl, channels) if lvl <= top else channels for lvl in config.levels
+    ]
     for cell in range(config.fpn.repeats):
-        map_channels = (first_channels if cell == 0 else [channels] * graph.num_levels)
+        map_channels = first_channels if cell == 0 else [channels] * graph.num_levels
         map_channels = map_channels + [channels] * len(graph.nodes)
         for node in graph.nodes:
             for index in node.inputs:
                 if map_channels[index] != channels:
-                    fpn.conv(map_channels[index], channels, 1, sizes[input_levels[index]],
-                             bias=True)
+                    fpn.conv(
+                        map_channels[index], channels, 1, sizes[input_levels[index]], bias=True
+                    )
                     fpn.bn(channels)
             if config.fpn.fusion != "sum":
                 fpn.params += len(node.inputs)
@@ -180,8 +194,10 @@ def count_complexity(config: DetectorConfig) -> Complexity:
         params=sum(p.params for p in parts.values()),
         macs=sum(p.macs for p in parts.values()),
         activations=sum(p.activations for p in parts.values()),
-        parts={k: {"params": v.params, "macs": v.macs, "activations": v.activations}
-               for k, v in parts.items()},
+        parts={
+            k: {"params": v.params, "macs": v.macs, "activations": v.activations}
+            for k, v in parts.items()
+        },
     )
 
 
@@ -199,10 +215,6 @@ def trace_complexity(config: DetectorConfig) -> Complexity:
     under ``FlopCounterMode`` (MACs = FLOPs / 2) with forward hooks on every convolution
     (activations). Slow (about a second for large presets); use it to check
     :func:`count_complexity`, not to gate trials."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from detector.model import build_model
 
     with torch.device("meta"):
         model = build_model(config).eval()
@@ -214,8 +226,9 @@ def trace_complexity(config: DetectorConfig) -> Complexity:
         nonlocal activations
         activations += output[0].numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, torch.nn.Conv2d)]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(images)

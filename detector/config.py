@@ -2,7 +2,7 @@
 :func:`from_scaling` for any scaling spec.
 
 Only the architecture lives here. Loss weights, NMS thresholds and training settings belong to
-:mod:`detector.loss`, :mod:`detector.postprocess` and :mod:`detector.train`.
+:mod:`effscale.detector.loss`, :mod:`effscale.detector.postprocess` and :mod:`effscale.detector.train`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from detector.scaling import PHI_RANGE, ScalingSpec, scale
+import tomli_w
+
+from .scaling import PAPER_SPEC, PHI_RANGE, ScalingSpec, scale
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,14 +67,21 @@ class BackboneConfig:
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(_is_number(self.width_multiplier) and 0.05 <= self.width_multiplier <= 8,
-                 "backbone.width_multiplier",
-                 f"must be a number in [0.05, 8], got {self.width_multiplier!r}")
-        _require(_is_number(self.depth_multiplier) and 0.05 <= self.depth_multiplier <= 8,
-                 "backbone.depth_multiplier",
-                 f"must be a number in [0.05, 8], got {self.depth_multiplier!r}")
-        _require(_is_number(self.drop_path_rate) and 0 <= self.drop_path_rate < 1,
-                 "backbone.drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate!r}")
+        _require(
+            _is_number(self.width_multiplier) and 0.05 <= self.width_multiplier <= 8,
+            "backbone.width_multiplier",
+            f"must be a number in [0.05, 8], got {self.width_multiplier!r}",
+        )
+        _require(
+            _is_number(self.depth_multiplier) and 0.05 <= self.depth_multiplier <= 8,
+            "backbone.depth_multiplier",
+            f"must be a number in [0.05, 8], got {self.depth_multiplier!r}",
+        )
+        _require(
+            _is_number(self.drop_path_rate) and 0 <= self.drop_path_rate < 1,
+            "backbone.drop_path_rate",
+            f"must be in [0, 1), got {self.drop_path_rate!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -88,12 +97,21 @@ class FpnConfig:
     fusion: str = "fastattn"
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.channels) and 8 <= self.channels <= 4096,
-                 "fpn.channels", f"must be an integer in [8, 4096], got {self.channels!r}")
-        _require(_is_int(self.repeats) and 1 <= self.repeats <= 32,
-                 "fpn.repeats", f"must be an integer in [1, 32], got {self.repeats!r}")
-        _require(self.fusion in FUSION_METHODS, "fpn.fusion",
-                 f"must be one of {', '.join(FUSION_METHODS)}, got {self.fusion!r}")
+        _require(
+            _is_int(self.channels) and 8 <= self.channels <= 4096,
+            "fpn.channels",
+            f"must be an integer in [8, 4096], got {self.channels!r}",
+        )
+        _require(
+            _is_int(self.repeats) and 1 <= self.repeats <= 32,
+            "fpn.repeats",
+            f"must be an integer in [1, 32], got {self.repeats!r}",
+        )
+        _require(
+            self.fusion in FUSION_METHODS,
+            "fpn.fusion",
+            f"must be one of {', '.join(FUSION_METHODS)}, got {self.fusion!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -103,8 +121,11 @@ class HeadConfig:
     repeats: int = 3
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.repeats) and 1 <= self.repeats <= 16,
-                 "head.repeats", f"must be an integer in [1, 16], got {self.repeats!r}")
+        _require(
+            _is_int(self.repeats) and 1 <= self.repeats <= 16,
+            "head.repeats",
+            f"must be an integer in [1, 16], got {self.repeats!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -120,15 +141,24 @@ class AnchorConfig:
         object.__setattr__(
             self, "aspect_ratios", tuple(tuple(float(v) for v in r) for r in self.aspect_ratios)
         )
-        _require(_is_int(self.num_scales) and 1 <= self.num_scales <= 8,
-                 "anchors.num_scales", f"must be an integer in [1, 8], got {self.num_scales!r}")
-        _require(len(self.aspect_ratios) >= 1
-                 and all(len(r) == 2 and all(_is_number(v) and v > 0 for v in r)
-                         for r in self.aspect_ratios),
-                 "anchors.aspect_ratios",
-                 f"must be a non-empty list of positive (w, h) pairs, got {self.aspect_ratios!r}")
-        _require(_is_number(self.anchor_scale) and 0 < self.anchor_scale <= 64,
-                 "anchors.anchor_scale", f"must be in (0, 64], got {self.anchor_scale!r}")
+        _require(
+            _is_int(self.num_scales) and 1 <= self.num_scales <= 8,
+            "anchors.num_scales",
+            f"must be an integer in [1, 8], got {self.num_scales!r}",
+        )
+        _require(
+            len(self.aspect_ratios) >= 1
+            and all(
+                len(r) == 2 and all(_is_number(v) and v > 0 for v in r) for r in self.aspect_ratios
+            ),
+            "anchors.aspect_ratios",
+            f"must be a non-empty list of positive (w, h) pairs, got {self.aspect_ratios!r}",
+        )
+        _require(
+            _is_number(self.anchor_scale) and 0 < self.anchor_scale <= 64,
+            "anchors.anchor_scale",
+            f"must be in (0, 64], got {self.anchor_scale!r}",
+        )
 
     @property
     def num_anchors(self) -> int:
@@ -156,37 +186,61 @@ class DetectorConfig:
     num_classes: int = 90
 
     def __post_init__(self) -> None:
-        size = self.image_size
+        size: Any = self.image_size
         if _is_int(size):
             size = (size, size)
-        _require(isinstance(size, (tuple, list)) and len(size) == 2,
-                 "image_size", f"must be (height, width), got {self.image_size!r}")
+        _require(
+            isinstance(size, (tuple, list)) and len(size) == 2,
+            "image_size",
+            f"must be (height, width), got {self.image_size!r}",
+        )
         size = tuple(size)
         for axis, value in zip(("height", "width"), size):
-            _require(_is_int(value) and value >= 32 and value % 32 == 0, "image_size",
-                     f"{axis} must be a positive multiple of 32 pixels, got {value!r}")
+            _require(
+                _is_int(value) and value >= 32 and value % 32 == 0,
+                "image_size",
+                f"{axis} must be a positive multiple of 32 pixels, got {value!r}",
+            )
             _require(value <= 4096, "image_size", f"{axis} must be <= 4096 pixels, got {value}")
         object.__setattr__(self, "image_size", size)
-        _require(isinstance(self.name, str) and self.name != "", "name",
-                 f"must be a non-empty string, got {self.name!r}")
-        _require(_is_int(self.min_level) and 3 <= self.min_level <= 5, "min_level",
-                 f"must be an integer in [3, 5], got {self.min_level!r}")
-        _require(_is_int(self.max_level) and max(self.min_level + 1, 5) <= self.max_level <= 8,
-                 "max_level",
-                 f"must be an integer in [{max(self.min_level + 1, 5)}, 8], got {self.max_level!r}")
-        _require(_is_int(self.num_classes) and 1 <= self.num_classes <= 100000, "num_classes",
-                 f"must be an integer in [1, 100000], got {self.num_classes!r}")
-        for name, kind in (("backbone", BackboneConfig), ("fpn", FpnConfig),
-                           ("head", HeadConfig), ("anchors", AnchorConfig)):
-            _require(isinstance(getattr(self, name), kind), name,
-                     f"must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        _require(
+            isinstance(self.name, str) and self.name != "",
+            "name",
+            f"must be a non-empty string, got {self.name!r}",
+        )
+        _require(
+            _is_int(self.min_level) and 3 <= self.min_level <= 5,
+            "min_level",
+            f"must be an integer in [3, 5], got {self.min_level!r}",
+        )
+        _require(
+            _is_int(self.max_level) and max(self.min_level + 1, 5) <= self.max_level <= 8,
+            "max_level",
+            f"must be an integer in [{max(self.min_level + 1, 5)}, 8], got {self.max_level!r}",
+        )
+        _require(
+            _is_int(self.num_classes) and 1 <= self.num_classes <= 100000,
+            "num_classes",
+            f"must be an integer in [1, 100000], got {self.num_classes!r}",
+        )
+        for name, kind in (
+            ("backbone", BackboneConfig),
+            ("fpn", FpnConfig),
+            ("head", HeadConfig),
+            ("anchors", AnchorConfig),
+        ):
+            _require(
+                isinstance(getattr(self, name), kind),
+                name,
+                f"must be a {kind.__name__}, got {type(getattr(self, name)).__name__}",
+            )
 
     @property
     def levels(self) -> tuple[int, ...]:
         """The pyramid levels, ascending."""
         return tuple(range(self.min_level, self.max_level + 1))
 
-    def replace(self, **changes: Any) -> "DetectorConfig":
+    def replace(self, **changes: Any) -> DetectorConfig:
         """A copy with top-level fields changed (validated again)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
@@ -194,7 +248,8 @@ class DetectorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists for tuples), the inverse of :func:`config_from_dict`."""
-        return json.loads(json.dumps(asdict(self)))
+        plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        return plain
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The config as JSON text."""
@@ -202,7 +257,6 @@ class DetectorConfig:
 
     def to_toml(self) -> str:
         """The config as TOML text (readable by :func:`load_config`)."""
-        import tomli_w
 
         return tomli_w.dumps(self.to_dict())
 
@@ -233,8 +287,11 @@ def config_from_dict(data: dict[str, Any]) -> DetectorConfig:
         raise ValueError(f"config: must be a table/object, got {type(data).__name__}")
     allowed = {f.name for f in fields(DetectorConfig)}
     unknown = sorted(set(data) - allowed)
-    _require(not unknown, unknown[0] if unknown else "",
-             f"unknown key; allowed keys are {', '.join(sorted(allowed))}")
+    _require(
+        not unknown,
+        unknown[0] if unknown else "",
+        f"unknown key; allowed keys are {', '.join(sorted(allowed))}",
+    )
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SECTIONS:
@@ -242,8 +299,11 @@ def config_from_dict(data: dict[str, Any]) -> DetectorConfig:
             _require(isinstance(value, dict), key, f"must be a table, got {type(value).__name__}")
             section_allowed = {f.name for f in fields(kind)}
             bad = sorted(set(value) - section_allowed)
-            _require(not bad, f"{key}.{bad[0]}" if bad else key,
-                     f"unknown key; allowed keys are {', '.join(sorted(section_allowed))}")
+            _require(
+                not bad,
+                f"{key}.{bad[0]}" if bad else key,
+                f"unknown key; allowed keys are {', '.join(sorted(section_allowed))}",
+            )
             section = dict(value)
             if key == "anchors" and "aspect_ratios" in section:
                 section["aspect_ratios"] = tuple(tuple(r) for r in section["aspect_ratios"])
@@ -287,7 +347,9 @@ def preset(name: str, *, num_classes: int = 90) -> DetectorConfig:
     """The official EfficientDet ``d0`` .. ``d7`` architecture (google/automl release)."""
     key = name.lower() if isinstance(name, str) else name
     if key not in _OFFICIAL:
-        raise ValueError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+        raise ValueError(
+            f"preset: unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}"
+        )
     width, depth, size, channels, repeats, head, fusion, anchor_scale = _OFFICIAL[key]
     return DetectorConfig(
         name=key,
@@ -304,9 +366,12 @@ PRESETS = {name: preset(name) for name in PRESET_NAMES}
 
 
 def from_scaling(
-    spec: ScalingSpec,
-    phi: float,
+    spec: ScalingSpec | None = None,
+    phi: float = 0.0,
     *,
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
     num_classes: int = 90,
     fusion: str = "fastattn",
     name: str | None = None,
@@ -317,10 +382,23 @@ def from_scaling(
 ) -> DetectorConfig:
     """The detector that ``spec`` gives at compound coefficient ``phi``.
 
-    ``image_size`` overrides the spec's square resolution (pixels, multiples of 32).
+    Instead of a ``spec``, plain coefficients may be given: ``from_scaling(phi=1, alpha=1.2,
+    beta=1.1)`` is the paper's spec (:data:`~.scaling.PAPER_SPEC`: BiFPN and resolution rules)
+    with those coefficients; an unset one keeps the paper's value. ``image_size`` overrides the
+    spec's square resolution (pixels).
     """
+    given = {k: v for k, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)) if v is not None}
+    if spec is None:
+        spec = replace(PAPER_SPEC, coefficients=replace(PAPER_SPEC.coefficients, **given))
+    elif given:
+        raise ValueError(
+            f"{next(iter(given))}: give the coefficients either in spec or as "
+            "keywords, not both; drop the keyword or the spec"
+        )
     if not (_is_number(phi) and PHI_RANGE[0] <= phi <= PHI_RANGE[1]):
-        raise ValueError(f"phi: must be a finite number in [{PHI_RANGE[0]}, {PHI_RANGE[1]}], got {phi!r}")
+        raise ValueError(
+            f"phi: must be a finite number in [{PHI_RANGE[0]}, {PHI_RANGE[1]}], got {phi!r}"
+        )
     dims = scale(spec, phi)
     size = image_size if image_size is not None else (dims.resolution, dims.resolution)
     return DetectorConfig(

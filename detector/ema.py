@@ -33,8 +33,10 @@ class WeightEma(ModelEmaV3):
     def __init__(self, model: nn.Module, **kwargs) -> None:
         for name in ("device", "dtype"):
             if kwargs.get(name) is not None:
-                raise ValueError(f"{name}: WeightEma keeps the average on the model's device in "
-                                 "its dtypes; leave it unset, or use timm's ModelEmaV3")
+                raise ValueError(
+                    f"{name}: WeightEma keeps the average on the model's device in "
+                    "its dtypes; leave it unset, or use timm's ModelEmaV3"
+                )
         super().__init__(model, **kwargs)
         self._source: int | None = None
         self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
@@ -44,8 +46,9 @@ class WeightEma(ModelEmaV3):
         ema_values = list(self.module.state_dict().values())
         model_values = list(model.state_dict().values())
         if len(ema_values) != len(model_values):
-            raise ValueError("model: it has another structure than the model this EMA was made "
-                             "from")
+            raise ValueError(
+                "model: it has another structure than the model this EMA was made from"
+            )
         self._floats, self._others = ([], []), ([], [])
         for ema_v, model_v in zip(ema_values, model_values):
             target = self._floats if ema_v.is_floating_point() else self._others

@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
+from pycocotools.cocoeval import COCOeval
 
-from detector.anchors import cached_anchors, flatten_outputs
-from detector.config import DetectorConfig
-from detector.postprocess import PostprocessConfig, decode_detections
+from .anchors import cached_anchors, flatten_outputs
+from .config import DetectorConfig
+from .data import normalize
+from .postprocess import PostprocessConfig, decode_detections
 
 __all__ = ["METRIC_NAMES", "coco_metrics", "detections_to_coco", "evaluate_model"]
 
@@ -24,8 +26,9 @@ __all__ = ["METRIC_NAMES", "coco_metrics", "detections_to_coco", "evaluate_model
 METRIC_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
 
 
-def coco_metrics(coco_gt, results: list[dict], *, image_ids: Iterable[int] | None = None
-                 ) -> dict[str, float]:
+def coco_metrics(
+    coco_gt, results: list[dict], *, image_ids: Iterable[int] | None = None
+) -> dict[str, float]:
     """COCO box AP of ``results`` against ``coco_gt`` (a ``pycocotools.coco.COCO``).
 
     ``results`` are COCO result dicts (``image_id``, ``category_id``, ``bbox`` as
@@ -34,7 +37,6 @@ def coco_metrics(coco_gt, results: list[dict], *, image_ids: Iterable[int] | Non
     that COCOeval reports as undefined (-1: no ground truth of that size) is returned as 0.0 for
     ``ap`` and as NaN for the size breakdown. No detections at all gives AP 0.
     """
-    from pycocotools.cocoeval import COCOeval
 
     ids = sorted(int(i) for i in (image_ids if image_ids is not None else coco_gt.getImgIds()))
     if not results:
@@ -56,9 +58,14 @@ def coco_metrics(coco_gt, results: list[dict], *, image_ids: Iterable[int] | Non
     return metrics
 
 
-def detections_to_coco(detections: list[dict[str, torch.Tensor]], *, image_ids: torch.Tensor,
-                       scales: torch.Tensor, label_to_category_id,
-                       num_classes: int | None = None) -> list[dict]:
+def detections_to_coco(
+    detections: list[dict[str, torch.Tensor]],
+    *,
+    image_ids: torch.Tensor,
+    scales: torch.Tensor,
+    label_to_category_id,
+    num_classes: int | None = None,
+) -> list[dict]:
     """Turn per-image detections (``boxes`` xyxy in network-input pixels, ``scores``, ``labels``
     contiguous) into COCO results: boxes multiplied by each image's ``scale`` (original pixels
     per input pixel) and written as ``[x, y, w, h]``, labels mapped to category ids.
@@ -75,47 +82,60 @@ def detections_to_coco(detections: list[dict[str, torch.Tensor]], *, image_ids: 
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
             if num_classes is not None and label >= num_classes:
                 continue
-            results.append({
-                "image_id": int(image_id),
-                "category_id": int(label_to_category_id(int(label))),
-                "bbox": [round(v, 2) for v in box],
-                "score": round(float(score), 5),
-            })
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(label_to_category_id(int(label))),
+                    "bbox": [round(v, 2) for v in box],
+                    "score": round(float(score), 5),
+                }
+            )
     return results
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, loader, *, config: DetectorConfig, dataset,
-                   device: torch.device | str = "cpu",
-                   postprocess: PostprocessConfig | None = None,
-                   autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+def evaluate_model(
+    model: torch.nn.Module,
+    loader,
+    *,
+    config: DetectorConfig,
+    dataset,
+    device: torch.device | str = "cpu",
+    postprocess: PostprocessConfig | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """COCO metrics of ``model`` on every batch of ``loader`` (an evaluation loader of
-    :class:`detector.data.DetectionBatch`) over ``dataset`` (a ``CocoDetection``, for its
+    :class:`effscale.detector.data.DetectionBatch`) over ``dataset`` (a ``CocoDetection``, for its
     ``coco`` ground truth and label mapping). Returns ``METRIC_NAMES`` → value in [0, 1]."""
-    from detector.data import normalize
 
     postprocess = postprocess or PostprocessConfig.for_coco_eval()
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level, device=device)
+    anchors = cached_anchors(
+        config.anchors, config.image_size, config.min_level, config.max_level, device=device
+    )
     results: list[dict] = []
     image_ids: list[int] = []
     try:
         for batch in loader:
             batch = batch.to(device)
             images = normalize(batch.images)
-            with torch.autocast(device.type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
                 cls_levels, box_levels = model(images)
             cls, box = flatten_outputs(cls_levels, box_levels, config.num_classes)
-            detections = decode_detections(cls.float(), box.float(), anchors,
-                                           config=postprocess, image_size=config.image_size)
-            results += detections_to_coco(detections, image_ids=batch.image_ids,
-                                          scales=batch.scales,
-                                          label_to_category_id=dataset.label_to_category_id,
-                                          num_classes=dataset.num_classes)
+            detections = decode_detections(
+                cls.float(), box.float(), anchors, config=postprocess, image_size=config.image_size
+            )
+            results += detections_to_coco(
+                detections,
+                image_ids=batch.image_ids,
+                scales=batch.scales,
+                label_to_category_id=dataset.label_to_category_id,
+                num_classes=dataset.num_classes,
+            )
             image_ids += batch.image_ids.tolist()
     finally:
         model.train(was_training)

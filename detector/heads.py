@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.layers import SeparableConv, batch_norm
+from .layers import SeparableConv, batch_norm
 
 __all__ = ["PRIOR_PROBABILITY", "PredictionHead"]
 
@@ -25,24 +25,33 @@ class PredictionHead(nn.Module):
     prediction bias is set to the focal-loss prior; for the box head it is zero.
     """
 
-    def __init__(self, *, channels: int, repeats: int, num_levels: int, num_anchors: int,
-                 outputs_per_anchor: int, prior_probability: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        channels: int,
+        repeats: int,
+        num_levels: int,
+        num_anchors: int,
+        outputs_per_anchor: int,
+        prior_probability: float | None = None,
+    ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(SeparableConv(channels, channels) for _ in range(repeats))
         self.bns = nn.ModuleList(
             nn.ModuleList(batch_norm(channels) for _ in range(repeats)) for _ in range(num_levels)
         )
         self.predict = SeparableConv(channels, num_anchors * outputs_per_anchor)
+        bias = self.predict.pointwise.bias
+        assert bias is not None  # the prediction conv has a bias, as effdet's
         if prior_probability is not None:
-            nn.init.constant_(self.predict.pointwise.bias,
-                              -math.log((1 - prior_probability) / prior_probability))
+            nn.init.constant_(bias, -math.log((1 - prior_probability) / prior_probability))
         else:
-            nn.init.zeros_(self.predict.pointwise.bias)
+            nn.init.zeros_(bias)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
         for level, x in enumerate(features):
-            for conv, bn in zip(self.convs, self.bns[level]):
+            for conv, bn in zip(self.convs, self.bns[level]):  # type: ignore[call-overload]
                 x = F.silu(bn(conv(x)))
             outputs.append(self.predict(x))
         return outputs

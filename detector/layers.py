@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.backbone import BN_EPS, BN_MOMENTUM
+from .backbone import BN_EPS, BN_MOMENTUM
 
 __all__ = ["SeparableConv", "ConvBn", "batch_norm", "resize_to"]
 
@@ -21,8 +21,9 @@ class SeparableConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels,
-                                   bias=False)
+        self.depthwise = nn.Conv2d(
+            in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False
+        )
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector.anchors import check_flat_outputs
-from detector.box_coding import encode
+from .anchors import check_flat_outputs
+from .box_coding import encode
 
 __all__ = ["AnchorTargets", "assign_targets", "pairwise_iou", "focal_loss", "DetectionLoss"]
 
@@ -102,8 +102,11 @@ def _describe(value: object) -> object:
 
 
 def _check_thresholds(match_iou: float, unmatch_iou: float) -> None:
-    if not (isinstance(match_iou, (int, float)) and isinstance(unmatch_iou, (int, float))
-            and 0.0 < unmatch_iou <= match_iou <= 1.0):
+    if not (
+        isinstance(match_iou, (int, float))
+        and isinstance(unmatch_iou, (int, float))
+        and 0.0 < unmatch_iou <= match_iou <= 1.0
+    ):
         raise ValueError(
             "match_iou/unmatch_iou: expected 0 < unmatch_iou <= match_iou <= 1, "
             f"got match_iou={match_iou!r}, unmatch_iou={unmatch_iou!r}"
@@ -113,13 +116,11 @@ def _check_thresholds(match_iou: float, unmatch_iou: float) -> None:
 def _check_gt(anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> None:
     if not isinstance(anchors, Tensor) or anchors.dim() != 2 or anchors.shape[1] != 4:
         raise ValueError(
-            f"anchors: expected shape [N, 4] (x1, y1, x2, y2 pixels), got "
-            f"{_describe(anchors)}"
+            f"anchors: expected shape [N, 4] (x1, y1, x2, y2 pixels), got {_describe(anchors)}"
         )
     if not isinstance(gt_boxes, Tensor) or gt_boxes.dim() != 3 or gt_boxes.shape[2] != 4:
         raise ValueError(
-            f"gt_boxes: expected shape [B, M, 4] (x1, y1, x2, y2 pixels), got "
-            f"{_describe(gt_boxes)}"
+            f"gt_boxes: expected shape [B, M, 4] (x1, y1, x2, y2 pixels), got {_describe(gt_boxes)}"
         )
     b, m = gt_boxes.shape[:2]
     if not isinstance(gt_labels, Tensor) or tuple(gt_labels.shape) != (b, m):
@@ -319,8 +320,9 @@ class DetectionLoss(nn.Module):
         force_match: bool = True,
     ) -> None:
         super().__init__()
-        if not (isinstance(num_classes, int) and not isinstance(num_classes, bool)
-                and num_classes >= 1):
+        if not (
+            isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 1
+        ):
             raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
         for name, value, ok, expected in (
             ("alpha", alpha, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
@@ -362,7 +364,7 @@ class DetectionLoss(nn.Module):
 
         Args:
             cls_outputs (Tensor[B, N, C]): class logits in anchor order
-                (:func:`detector.anchors.flatten_outputs`), any float dtype.
+                (:func:`effscale.detector.anchors.flatten_outputs`), any float dtype.
             box_outputs (Tensor[B, N, 4]): ``(dy, dx, dh, dw)`` regressions, any float dtype.
             anchors (Tensor[N, 4]): ``(x1, y1, x2, y2)`` anchors in input pixels.
             gt_boxes (Tensor[B, M, 4]): ``(x1, y1, x2, y2)`` boxes in input pixels; padding
@@ -376,12 +378,12 @@ class DetectionLoss(nn.Module):
             box_loss``), ``cls_loss``, ``box_loss`` and ``num_positives`` (positive anchors
             summed over the batch, before the ``+ 1``).
         """
-        batch, num_anchors, _ = check_flat_outputs(cls_outputs, box_outputs, anchors,
-                                                   num_classes=self.num_classes)
+        batch, num_anchors, _ = check_flat_outputs(
+            cls_outputs, box_outputs, anchors, num_classes=self.num_classes
+        )
         if not isinstance(gt_boxes, Tensor) or gt_boxes.dim() != 3 or gt_boxes.shape[0] != batch:
             raise ValueError(
-                f"gt_boxes: expected shape [{batch}, M, 4] (B, M, 4), got "
-                f"{_describe(gt_boxes)}"
+                f"gt_boxes: expected shape [{batch}, M, 4] (B, M, 4), got {_describe(gt_boxes)}"
             )
         targets = assign_targets(
             anchors,

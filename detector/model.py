@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detector.backbone import EfficientNetBackbone, feature_channels
-from detector.bifpn import Bifpn
-from detector.config import DetectorConfig
-from detector.fpn_graph import bifpn_graph
-from detector.heads import PRIOR_PROBABILITY, PredictionHead
+from .backbone import EfficientNetBackbone, feature_channels
+from .bifpn import Bifpn
+from .config import DetectorConfig
+from .fpn_graph import bifpn_graph
+from .heads import PRIOR_PROBABILITY, PredictionHead
 
 __all__ = ["EfficientDet", "build_model"]
 
@@ -21,11 +21,18 @@ class EfficientDet(nn.Module):
     (``config.image_size`` or any other such size), and returns ``(class_logits, box_deltas)``:
     two lists with one tensor per level from ``min_level`` to ``max_level``,
     [B, A * num_classes, H_l, W_l] and [B, A * 4, H_l, W_l], where A is anchors per location and
-    H_l = ceil(H / 2**l). :func:`detector.anchors.flatten_outputs` turns them into [B, N, ·].
+    H_l = ceil(H / 2**l). :func:`effscale.detector.anchors.flatten_outputs` turns them into [B, N, ·].
     """
 
-    def __init__(self, *, config: DetectorConfig, backbone: nn.Module, fpn: nn.Module,
-                 class_head: nn.Module, box_head: nn.Module) -> None:
+    def __init__(
+        self,
+        *,
+        config: DetectorConfig,
+        backbone: nn.Module,
+        fpn: nn.Module,
+        class_head: nn.Module,
+        box_head: nn.Module,
+    ) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
@@ -55,11 +62,21 @@ def build_model(config: DetectorConfig) -> EfficientDet:
         fusion=config.fpn.fusion,
         backbone_channels=feature_channels(config.backbone),
     )
-    class_head = PredictionHead(channels=config.fpn.channels, repeats=config.head.repeats,
-                                num_levels=levels, num_anchors=num_anchors,
-                                outputs_per_anchor=config.num_classes,
-                                prior_probability=PRIOR_PROBABILITY)
-    box_head = PredictionHead(channels=config.fpn.channels, repeats=config.head.repeats,
-                              num_levels=levels, num_anchors=num_anchors, outputs_per_anchor=4)
-    return EfficientDet(config=config, backbone=backbone, fpn=fpn, class_head=class_head,
-                        box_head=box_head)
+    class_head = PredictionHead(
+        channels=config.fpn.channels,
+        repeats=config.head.repeats,
+        num_levels=levels,
+        num_anchors=num_anchors,
+        outputs_per_anchor=config.num_classes,
+        prior_probability=PRIOR_PROBABILITY,
+    )
+    box_head = PredictionHead(
+        channels=config.fpn.channels,
+        repeats=config.head.repeats,
+        num_levels=levels,
+        num_anchors=num_anchors,
+        outputs_per_anchor=4,
+    )
+    return EfficientDet(
+        config=config, backbone=backbone, fpn=fpn, class_head=class_head, box_head=box_head
+    )

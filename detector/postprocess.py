@@ -11,15 +11,16 @@ host. Not meant for ``torch.compile`` (the outputs have data-dependent sizes).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor
 
-from detector.anchors import check_flat_outputs
-from detector.box_coding import decode
+from .anchors import check_flat_outputs
+from .box_coding import decode
 
 __all__ = ["PostprocessConfig", "decode_detections"]
 
@@ -61,7 +62,7 @@ class PostprocessConfig:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
     @classmethod
-    def for_coco_eval(cls, **changes: object) -> "PostprocessConfig":
+    def for_coco_eval(cls, **changes: Any) -> PostprocessConfig:
         """The COCO-evaluation setting: ``score_threshold=0.001`` (other fields as given)."""
         return replace(cls(score_threshold=0.001), **changes)
 
@@ -156,8 +157,8 @@ def decode_detections(
 
     sizes = counts.tolist()
     return [
-        {"boxes": b, "scores": s, "labels": l}
-        for b, s, l in zip(
+        {"boxes": b, "scores": s, "labels": c}
+        for b, s, c in zip(
             boxes[kept].split(sizes), scores[kept].split(sizes), labels[kept].split(sizes)
         )
     ]

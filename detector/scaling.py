@@ -56,7 +56,9 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def make_divisible(value: float, divisor: int = CHANNEL_DIVISOR, *, round_limit: float = 0.9) -> int:
+def make_divisible(
+    value: float, divisor: int = CHANNEL_DIVISOR, *, round_limit: float = 0.9
+) -> int:
     """Round ``value`` (a channel count) to the nearest multiple of ``divisor``.
 
     The result is at least ``divisor`` and never more than ``1 - round_limit`` (10%) below
@@ -131,18 +133,36 @@ class BifpnRule:
     head_depth_period: float = 3.0
 
     def __post_init__(self) -> None:
-        _require(_finite(self.width_base) and self.width_base >= 8, "width_base",
-                 f"must be >= 8 channels, got {self.width_base!r}")
-        _require(_finite(self.width_growth) and 1.0 <= self.width_growth <= 4.0, "width_growth",
-                 f"must be in [1, 4], got {self.width_growth!r}")
-        _require(_finite(self.depth_base) and self.depth_base >= 1, "depth_base",
-                 f"must be >= 1 cell, got {self.depth_base!r}")
-        _require(_finite(self.depth_step) and 0 <= self.depth_step <= 4, "depth_step",
-                 f"must be in [0, 4] cells per unit of phi, got {self.depth_step!r}")
-        _require(isinstance(self.head_depth_base, int) and self.head_depth_base >= 1,
-                 "head_depth_base", f"must be an integer >= 1, got {self.head_depth_base!r}")
-        _require(_finite(self.head_depth_period) and self.head_depth_period > 0,
-                 "head_depth_period", f"must be > 0, got {self.head_depth_period!r}")
+        _require(
+            _finite(self.width_base) and self.width_base >= 8,
+            "width_base",
+            f"must be >= 8 channels, got {self.width_base!r}",
+        )
+        _require(
+            _finite(self.width_growth) and 1.0 <= self.width_growth <= 4.0,
+            "width_growth",
+            f"must be in [1, 4], got {self.width_growth!r}",
+        )
+        _require(
+            _finite(self.depth_base) and self.depth_base >= 1,
+            "depth_base",
+            f"must be >= 1 cell, got {self.depth_base!r}",
+        )
+        _require(
+            _finite(self.depth_step) and 0 <= self.depth_step <= 4,
+            "depth_step",
+            f"must be in [0, 4] cells per unit of phi, got {self.depth_step!r}",
+        )
+        _require(
+            isinstance(self.head_depth_base, int) and self.head_depth_base >= 1,
+            "head_depth_base",
+            f"must be an integer >= 1, got {self.head_depth_base!r}",
+        )
+        _require(
+            _finite(self.head_depth_period) and self.head_depth_period > 0,
+            "head_depth_period",
+            f"must be > 0, got {self.head_depth_period!r}",
+        )
 
     def channels(self, phi: float) -> int:
         """BiFPN width in channels at ``phi``, rounded to a multiple of 8."""
@@ -174,12 +194,21 @@ class ResolutionRule:
     step: float = 128.0
 
     def __post_init__(self) -> None:
-        _require(self.kind in RESOLUTION_KINDS, "kind",
-                 f"must be one of {', '.join(RESOLUTION_KINDS)}, got {self.kind!r}")
-        _require(_finite(self.base) and self.base >= 32, "base",
-                 f"must be >= 32 pixels, got {self.base!r}")
-        _require(_finite(self.step) and self.step >= 0, "step",
-                 f"must be >= 0 pixels per unit of phi, got {self.step!r}")
+        _require(
+            self.kind in RESOLUTION_KINDS,
+            "kind",
+            f"must be one of {', '.join(RESOLUTION_KINDS)}, got {self.kind!r}",
+        )
+        _require(
+            _finite(self.base) and self.base >= 32,
+            "base",
+            f"must be >= 32 pixels, got {self.base!r}",
+        )
+        _require(
+            _finite(self.step) and self.step >= 0,
+            "step",
+            f"must be >= 0 pixels per unit of phi, got {self.step!r}",
+        )
 
     def resolution(self, phi: float, gamma: float) -> int:
         """Side length in pixels at ``phi``, a multiple of 32."""
@@ -202,10 +231,16 @@ class ScalingSpec:
     backbone_depth: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(_finite(self.backbone_width) and 0.05 <= self.backbone_width <= 8,
-                 "backbone_width", f"must be in [0.05, 8], got {self.backbone_width!r}")
-        _require(_finite(self.backbone_depth) and 0.05 <= self.backbone_depth <= 8,
-                 "backbone_depth", f"must be in [0.05, 8], got {self.backbone_depth!r}")
+        _require(
+            _finite(self.backbone_width) and 0.05 <= self.backbone_width <= 8,
+            "backbone_width",
+            f"must be in [0.05, 8], got {self.backbone_width!r}",
+        )
+        _require(
+            _finite(self.backbone_depth) and 0.05 <= self.backbone_depth <= 8,
+            "backbone_depth",
+            f"must be in [0.05, 8], got {self.backbone_depth!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -235,8 +270,11 @@ def scale(spec: ScalingSpec, phi: float) -> ScaledDimensions:
     base multipliers, rounded to 4 decimals so that equal specs give equal configs), the input
     side in pixels, the BiFPN channels and cells and the head depth.
     """
-    _require(_finite(phi) and PHI_RANGE[0] <= phi <= PHI_RANGE[1], "phi",
-             f"must be a finite number in [{PHI_RANGE[0]}, {PHI_RANGE[1]}], got {phi!r}")
+    _require(
+        _finite(phi) and PHI_RANGE[0] <= phi <= PHI_RANGE[1],
+        "phi",
+        f"must be a finite number in [{PHI_RANGE[0]}, {PHI_RANGE[1]}], got {phi!r}",
+    )
     c = spec.coefficients
     return ScaledDimensions(
         phi=float(phi),

@@ -1,7 +1,7 @@
 """The proxy training loop: one short training run of one detector on one dataset.
 
 It trains with SGD (momentum, Nesterov) or AdamW, linear warmup then cosine decay, gradient
-clipping and an EMA of the weights (timm's ``ModelEmaV3`` with warmup, as :class:`detector.ema.WeightEma`), in bf16 autocast on
+clipping and an EMA of the weights (timm's ``ModelEmaV3`` with warmup, as :class:`effscale.detector.ema.WeightEma`), in bf16 autocast on
 CUDA and fp32 on CPU. The budget is epochs, steps or seconds. After every epoch the EMA model is
 evaluated on the validation split with pycocotools and ``on_epoch(epoch, metrics)`` is called
 (the searcher prunes from there). Checkpoints are written atomically and hold only tensors and
@@ -10,25 +10,48 @@ plain data, so they load with ``weights_only=True``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch.utils.data import DataLoader, Subset
 
-from detector.anchors import cached_anchors
-from detector.config import DetectorConfig, config_from_dict
-from detector.ema import WeightEma
-from detector.evaluate import METRIC_NAMES, evaluate_model
-from detector.loss import DetectionLoss
-from detector.model import build_model
-from detector.train_step import (DivergedError, LossMonitor, StepOptions, TrainStep,
-                                 make_optimizer)
+from .anchors import cached_anchors
+from .config import DetectorConfig, config_from_dict
+from .data import (
+    DeviceAugment,
+    DeviceCache,
+    ResizePad,
+    TrainTransform,
+    cache_nbytes,
+    collate_detection,
+    load_split,
+    make_loader,
+    normalize,
+    padded_object_count,
+)
+from .ema import WeightEma
+from .evaluate import METRIC_NAMES, evaluate_model
+from .loss import DetectionLoss
+from .model import build_model
+from .train_step import DivergedError, LossMonitor, StepOptions, TrainStep, make_optimizer
 
 __all__ = [
     "OPTIMIZERS",
@@ -66,10 +89,10 @@ def _require(condition: bool, name: str, message: str) -> None:
 @dataclass(frozen=True)
 class DataSettings:
     """Where the data is: a dataset folder with ``train/`` and ``val/`` splits (see
-    :func:`detector.data.split_paths`), optional subsets (images, fixed seed) and loader workers.
+    :func:`effscale.detector.data.split_paths`), optional subsets (images, fixed seed) and loader workers.
 
     ``cache``: ``"device"`` decodes the training split once into device memory and augments it
-    there (:class:`detector.data.DeviceCache`): no loader, no host-to-device copies per step.
+    there (:class:`effscale.detector.data.DeviceCache`): no loader, no host-to-device copies per step.
     ``"off"`` uses a DataLoader with PIL augmentation. ``"auto"``: the device cache on CUDA when
     it needs at most ``DEVICE_CACHE_FRACTION`` of the device's memory, else the DataLoader."""
 
@@ -83,12 +106,21 @@ class DataSettings:
         object.__setattr__(self, "dir", Path(self.dir))
         for name in ("train_subset", "val_subset"):
             value = getattr(self, name)
-            _require(value is None or (isinstance(value, int) and value >= 1), f"data.{name}",
-                     f"must be a positive number of images, got {value!r}")
-        _require(isinstance(self.num_workers, int) and self.num_workers >= 0, "data.num_workers",
-                 f"must be an integer >= 0, got {self.num_workers!r}")
-        _require(self.cache in DATA_CACHES, "data.cache",
-                 f"must be one of {', '.join(DATA_CACHES)}, got {self.cache!r}")
+            _require(
+                value is None or (isinstance(value, int) and value >= 1),
+                f"data.{name}",
+                f"must be a positive number of images, got {value!r}",
+            )
+        _require(
+            isinstance(self.num_workers, int) and self.num_workers >= 0,
+            "data.num_workers",
+            f"must be an integer >= 0, got {self.num_workers!r}",
+        )
+        _require(
+            self.cache in DATA_CACHES,
+            "data.cache",
+            f"must be one of {', '.join(DATA_CACHES)}, got {self.cache!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -97,7 +129,7 @@ class TrainSettings:
     (wall-clock training time, evaluation excluded). ``lr`` is the peak learning rate after
     ``warmup_fraction`` of the budget; ``ema_decay`` None disables the EMA. ``cuda_graph``,
     ``compile``, ``channels_last``, ``fused_optimizer`` and ``check_every`` are the speed levers
-    of :class:`detector.train_step.StepOptions` (see :attr:`step_options`)."""
+    of :class:`effscale.detector.train_step.StepOptions` (see :attr:`step_options`)."""
 
     epochs: float | None = None
     steps: int | None = None
@@ -128,38 +160,76 @@ class TrainSettings:
         if not budgets:
             object.__setattr__(self, "epochs", 10)
             budgets = ["epochs"]
-        _require(len(budgets) == 1, "train", f"give exactly one budget of epochs, steps or "
-                 f"seconds, got {', '.join(budgets)}")
+        _require(
+            len(budgets) == 1,
+            "train",
+            f"give exactly one budget of epochs, steps or seconds, got {', '.join(budgets)}",
+        )
         for name in ("epochs", "seconds"):
             value = getattr(self, name)
-            _require(value is None or (isinstance(value, (int, float)) and value > 0),
-                     f"train.{name}", f"must be > 0, got {value!r}")
-        _require(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
-                 "train.steps", f"must be an integer >= 1, got {self.steps!r}")
-        _require(isinstance(self.batch_size, int) and self.batch_size >= 2, "train.batch_size",
-                 f"must be an integer >= 2 (BatchNorm needs 2 images), got {self.batch_size!r}")
-        _require(self.optimizer in OPTIMIZERS, "train.optimizer",
-                 f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 10, "train.lr",
-                 f"must be in (0, 10], got {self.lr!r}")
-        _require(0 <= self.warmup_fraction < 1, "train.warmup_fraction",
-                 f"must be in [0, 1), got {self.warmup_fraction!r}")
-        _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")
-        _require(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay",
-                 f"must be in (0, 1) or None, got {self.ema_decay!r}")
-        _require(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
-                 "train.checkpoint_every", f"must be an integer >= 0 steps, got {self.checkpoint_every!r}")
-        _require(0 < self.bn_momentum <= 1, "train.bn_momentum",
-                 f"must be in (0, 1], got {self.bn_momentum!r}")
+            _require(
+                value is None or (isinstance(value, (int, float)) and value > 0),
+                f"train.{name}",
+                f"must be > 0, got {value!r}",
+            )
+        _require(
+            self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+            "train.steps",
+            f"must be an integer >= 1, got {self.steps!r}",
+        )
+        _require(
+            isinstance(self.batch_size, int) and self.batch_size >= 2,
+            "train.batch_size",
+            f"must be an integer >= 2 (BatchNorm needs 2 images), got {self.batch_size!r}",
+        )
+        _require(
+            self.optimizer in OPTIMIZERS,
+            "train.optimizer",
+            f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        _require(
+            isinstance(self.lr, (int, float)) and 0 < self.lr <= 10,
+            "train.lr",
+            f"must be in (0, 10], got {self.lr!r}",
+        )
+        _require(
+            0 <= self.warmup_fraction < 1,
+            "train.warmup_fraction",
+            f"must be in [0, 1), got {self.warmup_fraction!r}",
+        )
+        _require(
+            self.grad_clip >= 0,
+            "train.grad_clip",
+            f"must be >= 0 (0 = off), got {self.grad_clip!r}",
+        )
+        _require(
+            self.ema_decay is None or 0 < self.ema_decay < 1,
+            "train.ema_decay",
+            f"must be in (0, 1) or None, got {self.ema_decay!r}",
+        )
+        _require(
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+            "train.checkpoint_every",
+            f"must be an integer >= 0 steps, got {self.checkpoint_every!r}",
+        )
+        _require(
+            0 < self.bn_momentum <= 1,
+            "train.bn_momentum",
+            f"must be in (0, 1], got {self.bn_momentum!r}",
+        )
         object.__setattr__(self, "scale_jitter", tuple(self.scale_jitter))
-        self.step_options  # validates the speed levers
+        _ = self.step_options  # validates the speed levers
 
     @property
     def step_options(self) -> StepOptions:
-        """The speed levers as :class:`~detector.train_step.StepOptions`."""
-        return StepOptions(cuda_graph=self.cuda_graph, compile=self.compile,
-                           channels_last=self.channels_last,
-                           fused_optimizer=self.fused_optimizer, check_every=self.check_every)
+        """The speed levers as :class:`~effscale.detector.train_step.StepOptions`."""
+        return StepOptions(
+            cuda_graph=self.cuda_graph,
+            compile=self.compile,
+            channels_last=self.channels_last,
+            fused_optimizer=self.fused_optimizer,
+            check_every=self.check_every,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists for tuples)."""
@@ -173,7 +243,7 @@ class TrainResult:
     """What a run produced: the final validation ``metrics`` (``METRIC_NAMES`` → [0, 1]), the
     training throughput in images per second (evaluation excluded), wall seconds of the whole
     run, optimizer steps, epochs, the per-epoch history and the speed ``levers`` in effect
-    (:attr:`detector.train_step.TrainStep.levers`, plus ``data``: the training data path)."""
+    (:attr:`effscale.detector.train_step.TrainStep.levers`, plus ``data``: the training data path)."""
 
     metrics: dict[str, float]
     images_per_s: float
@@ -186,9 +256,16 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``metrics.json``."""
-        return {**self.metrics, "images_per_s": self.images_per_s, "seconds": self.seconds,
-                "steps": self.steps, "epochs": self.epochs, "history": self.history,
-                "checkpoint": self.checkpoint, "levers": self.levers}
+        return {
+            **self.metrics,
+            "images_per_s": self.images_per_s,
+            "seconds": self.seconds,
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "history": self.history,
+            "checkpoint": self.checkpoint,
+            "levers": self.levers,
+        }
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -197,8 +274,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for but no CUDA device is available; use "
-                         "--device cpu")
+        raise ValueError(
+            "device: cuda was asked for but no CUDA device is available; use --device cpu"
+        )
     return device
 
 
@@ -206,8 +284,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     try:
-        import numpy as np
-
         np.random.seed(seed % 2**32)
     except ImportError:  # pragma: no cover
         pass
@@ -222,11 +298,16 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return 0.01 + 0.99 * cosine
 
 
-def _make_optimizer(model: torch.nn.Module, settings: TrainSettings,
-                    fused: bool) -> tuple[torch.optim.Optimizer, str | None]:
+def _make_optimizer(
+    model: torch.nn.Module, settings: TrainSettings, fused: bool
+) -> tuple[torch.optim.Optimizer, str | None]:
     """The optimizer, and why ``fused`` was not honoured (None when it was, or not asked)."""
-    kwargs = dict(name=settings.optimizer, lr=settings.lr, momentum=settings.momentum,
-                  weight_decay=settings.weight_decay)
+    kwargs: dict[str, Any] = dict(
+        name=settings.optimizer,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
     if fused:
         try:
             return make_optimizer(model, fused=True, **kwargs), None
@@ -245,8 +326,10 @@ def _use_device_cache(data: DataSettings, device: torch.device, nbytes: int) -> 
         return False, "loader: cache auto keeps the loader off CUDA"
     total = torch.cuda.get_device_properties(device).total_memory
     if nbytes > DEVICE_CACHE_FRACTION * total:
-        return False, (f"loader: the cache would need {nbytes / 2**30:.1f} GiB, over "
-                       f"{DEVICE_CACHE_FRACTION:.0%} of the device")
+        return False, (
+            f"loader: the cache would need {nbytes / 2**30:.1f} GiB, over "
+            f"{DEVICE_CACHE_FRACTION:.0%} of the device"
+        )
     return True, f"device cache: {nbytes / 2**20:.0f} MiB"
 
 
@@ -278,8 +361,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad magic, forbidden global, ...
         reason = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason}); delete it "
-                              "or use an earlier one") from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({reason}); delete it or use an earlier one"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"checkpoint {path} is not an effscale checkpoint (no model/config)")
     return state
@@ -306,48 +390,59 @@ def train_proxy(
     ``out_dir`` receives ``checkpoint.pt`` (every ``settings.checkpoint_every`` steps and at each
     epoch end) and ``metrics.json``; with ``resume=True`` training continues from the checkpoint
     there (step count, epoch, optimizer and EMA state). Raises :class:`DivergedError` on a
-    non-finite loss, :class:`detector.data.DataError` on bad data.
+    non-finite loss, :class:`effscale.detector.data.DataError` on bad data.
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from detector.data import (
-        DeviceAugment,
-        DeviceCache,
-        ResizePad,
-        TrainTransform,
-        cache_nbytes,
-        collate_detection,
-        load_split,
-        make_loader,
-        normalize,
-        padded_object_count,
-    )
 
     device = resolve_device(device)
     _seed_everything(settings.seed)
-    train_set = load_split(data.dir, "train", subset=data.train_subset, seed=settings.seed,
-                           transform=TrainTransform(config.image_size, scale_range=settings.scale_jitter,
-                                                    hflip_prob=settings.hflip, seed=settings.seed))
-    val_set = load_split(data.dir, "val", subset=data.val_subset, seed=settings.seed,
-                         transform=ResizePad(config.image_size))
+    train_set = load_split(
+        data.dir,
+        "train",
+        subset=data.train_subset,
+        seed=settings.seed,
+        transform=TrainTransform(
+            config.image_size,
+            scale_range=settings.scale_jitter,
+            hflip_prob=settings.hflip,
+            seed=settings.seed,
+        ),
+    )
+    val_set = load_split(
+        data.dir,
+        "val",
+        subset=data.val_subset,
+        seed=settings.seed,
+        transform=ResizePad(config.image_size),
+    )
     if train_set.num_classes > config.num_classes:
-        raise ValueError(f"num_classes: the data has {train_set.num_classes} classes but the "
-                         f"config has {config.num_classes}; set num_classes >= "
-                         f"{train_set.num_classes}")
+        raise ValueError(
+            f"num_classes: the data has {train_set.num_classes} classes but the "
+            f"config has {config.num_classes}; set num_classes >= "
+            f"{train_set.num_classes}"
+        )
     if len(train_set) < settings.batch_size:
-        raise ValueError(f"train.batch_size: {settings.batch_size} is more than the "
-                         f"{len(train_set)} training images; lower it or use more images")
-    val_loader = make_loader(val_set, batch_size=max(2, settings.batch_size), train=False,
-                             num_workers=data.num_workers, pin_memory=device.type == "cuda")
+        raise ValueError(
+            f"train.batch_size: {settings.batch_size} is more than the "
+            f"{len(train_set)} training images; lower it or use more images"
+        )
+    val_loader = make_loader(
+        val_set,
+        batch_size=max(2, settings.batch_size),
+        train=False,
+        num_workers=data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
     steps_per_epoch = len(train_set) // settings.batch_size
 
     max_objects = padded_object_count(max(train_set.objects_per_image, default=0))
     use_cache, data_lever = _use_device_cache(
-        data, device, cache_nbytes(len(train_set), config.image_size, max_objects))
+        data, device, cache_nbytes(len(train_set), config.image_size, max_objects)
+    )
     cache = None
     if use_cache:
-        cache = DeviceCache.from_dataset(train_set, size=config.image_size, device=device,
-                                         quiet=quiet)
+        cache = DeviceCache.from_dataset(
+            train_set, size=config.image_size, device=device, quiet=quiet
+        )
         augment = DeviceAugment(scale_range=settings.scale_jitter, hflip_prob=settings.hflip)
         augment_generator = torch.Generator(device=device)
 
@@ -358,19 +453,27 @@ def train_proxy(
     criterion = DetectionLoss(num_classes=config.num_classes)
     options = settings.step_options.resolve(device)
     optimizer, optimizer_note = _make_optimizer(model, settings, options.fused_optimizer)
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level, device=device)
+    anchors = cached_anchors(
+        config.anchors, config.image_size, config.min_level, config.max_level, device=device
+    )
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    train_step = TrainStep(model=model, criterion=criterion, optimizer=optimizer,
-                           anchors=anchors, num_classes=config.num_classes,
-                           grad_clip=settings.grad_clip, autocast_dtype=autocast_dtype,
-                           options=options, max_objects=max_objects if options.cuda_graph else None)
+    train_step = TrainStep(
+        model=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        anchors=anchors,
+        num_classes=config.num_classes,
+        grad_clip=settings.grad_clip,
+        autocast_dtype=autocast_dtype,
+        options=options,
+        max_objects=max_objects if options.cuda_graph else None,
+    )
     ema = None
     if settings.ema_decay is not None:
         ema = WeightEma(model, decay=settings.ema_decay, use_warmup=True)
     monitor = LossMonitor(check_every=options.check_every, device=device)
 
-    def epoch_batches(epoch: int, skip: int):
+    def epoch_batches(epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """This epoch's batches as (normalized images, boxes, labels) on the device."""
         order = _epoch_order(len(train_set), settings.seed, epoch)[skip:]
         size = settings.batch_size
@@ -378,14 +481,21 @@ def train_proxy(
             augment_generator.manual_seed(settings.seed * 7919 + epoch)
             index = torch.tensor(order, dtype=torch.int64).to(device)
             for start in range(0, len(order) - size + 1, size):
-                yield cache.batch(index[start:start + size], augment=augment,
-                                  generator=augment_generator)
+                yield cache.batch(
+                    index[start : start + size], augment=augment, generator=augment_generator
+                )
             return
-        if hasattr(train_set.transform, "reseed"):
-            train_set.transform.reseed(settings.seed * 7919 + epoch)
-        loader = DataLoader(Subset(train_set, order), batch_size=size, drop_last=True,
-                            collate_fn=collate_detection, num_workers=data.num_workers,
-                            pin_memory=device.type == "cuda")
+        reseed = getattr(train_set.transform, "reseed", None)
+        if callable(reseed):
+            reseed(settings.seed * 7919 + epoch)
+        loader = DataLoader(
+            Subset(train_set, order),
+            batch_size=size,
+            drop_last=True,
+            collate_fn=collate_detection,
+            num_workers=data.num_workers,
+            pin_memory=device.type == "cuda",
+        )
         for batch in loader:
             batch = batch.to(device)
             yield normalize(batch.images), batch.boxes, batch.labels
@@ -397,8 +507,10 @@ def train_proxy(
             raise ValueError("resume: needs out_dir, the folder that holds checkpoint.pt")
         state = load_checkpoint(out_path)
         if config_from_dict(state["config"]) != config:
-            raise CheckpointError(f"checkpoint in {out_path} was made for another config; train "
-                                  "into a new --out folder")
+            raise CheckpointError(
+                f"checkpoint in {out_path} was made for another config; train "
+                "into a new --out folder"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
@@ -412,26 +524,31 @@ def train_proxy(
             return step / settings.steps
         if settings.epochs is not None:
             return step / max(1, round(settings.epochs * steps_per_epoch))
+        assert settings.seconds is not None  # exactly one budget is set
         return train_seconds / settings.seconds
 
     def checkpoint(train_seconds: float) -> None:
         if out_path is None:
             return
-        save_checkpoint(out_path / CHECKPOINT_NAME, {
-            "format": "effscale-checkpoint-1",
-            "config": config.to_dict(),
-            "settings": settings.to_dict(),
-            "model": model.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "train_seconds": train_seconds,
-            "history": history,
-        })
+        save_checkpoint(
+            out_path / CHECKPOINT_NAME,
+            {
+                "format": "effscale-checkpoint-1",
+                "config": config.to_dict(),
+                "settings": settings.to_dict(),
+                "model": model.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "train_seconds": train_seconds,
+                "history": history,
+            },
+        )
 
-    progress = _Progress(quiet=quiet, total=_total_steps(settings, steps_per_epoch),
-                         seconds=settings.seconds)
+    progress = _Progress(
+        quiet=quiet, total=_total_steps(settings, steps_per_epoch), seconds=settings.seconds
+    )
     start = time.perf_counter()
     train_seconds = elapsed_before
     images_seen = 0
@@ -446,9 +563,10 @@ def train_proxy(
             batches = epoch_batches(epoch, skip)
             while True:
                 tick = time.perf_counter()  # data time counts: it is part of a trial's cost
-                images, boxes, labels = next(batches, (None, None, None))
-                if images is None:
+                batch = next(batches, None)
+                if batch is None:
                     break
+                images, boxes, labels = batch
                 factor = _lr_factor(budget_progress(train_seconds), settings.warmup_fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = settings.lr * factor
@@ -470,8 +588,14 @@ def train_proxy(
             epoch += 1
             if done or settings.eval_every_epoch:
                 eval_model = ema.module if ema is not None else model
-                metrics = evaluate_model(eval_model, val_loader, config=config, dataset=val_set,
-                                         device=device, autocast_dtype=autocast_dtype)
+                metrics = evaluate_model(
+                    eval_model,
+                    val_loader,
+                    config=config,
+                    dataset=val_set,
+                    device=device,
+                    autocast_dtype=autocast_dtype,
+                )
                 history.append({"epoch": epoch, "step": step, **metrics})
                 progress.note(epoch, metrics)
                 checkpoint(train_seconds)
@@ -479,8 +603,14 @@ def train_proxy(
                     on_epoch(epoch, metrics)
     if not metrics:  # resumed from a checkpoint whose budget was already spent
         eval_model = ema.module if ema is not None else model
-        metrics = evaluate_model(eval_model, val_loader, config=config, dataset=val_set,
-                                 device=device, autocast_dtype=autocast_dtype)
+        metrics = evaluate_model(
+            eval_model,
+            val_loader,
+            config=config,
+            dataset=val_set,
+            device=device,
+            autocast_dtype=autocast_dtype,
+        )
     run_seconds = time.perf_counter() - start
     new_seconds = train_seconds - elapsed_before
     result = TrainResult(
@@ -491,8 +621,11 @@ def train_proxy(
         epochs=epoch,
         history=history,
         checkpoint=str(out_path / CHECKPOINT_NAME) if out_path is not None else None,
-        levers={**train_step.levers, "data": data_lever,
-                **({"optimizer": optimizer_note} if optimizer_note else {})},
+        levers={
+            **train_step.levers,
+            "data": data_lever,
+            **({"optimizer": optimizer_note} if optimizer_note else {}),
+        },
     )
     if out_path is not None:
         _write_json_atomic(out_path / "metrics.json", result.to_dict())
@@ -508,7 +641,6 @@ def _total_steps(settings: TrainSettings, steps_per_epoch: int) -> int | None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    import json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -526,17 +658,21 @@ class _Progress:
         self.quiet = quiet
         self.total = total
         self.seconds = seconds
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: Any = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if not self.quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-
-            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-                                 transient=False)
+            self._bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=False,
+            )
             self._bar.__enter__()
             total = self.total if self.total is not None else int(math.ceil(self.seconds or 0))
             self._task = self._bar.add_task("train", total=total, info="")
@@ -550,10 +686,10 @@ class _Progress:
 
     def note(self, epoch: int, metrics: dict[str, float]) -> None:
         if self._bar is not None:
-            self._bar.console.print(f"epoch {epoch}: AP {metrics['ap']:.4f}  "
-                                    f"AP50 {metrics['ap50']:.4f}")
+            self._bar.console.print(
+                f"epoch {epoch}: AP {metrics['ap']:.4f}  AP50 {metrics['ap50']:.4f}"
+            )
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
-

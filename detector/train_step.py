@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
-from detector.anchors import flatten_outputs
+from .anchors import flatten_outputs
 
 __all__ = [
     "COMPILE_CHECK_RTOL",
@@ -62,8 +64,10 @@ class DivergedError(RuntimeError):
     """The loss became NaN or infinite; ``step`` is the optimizer step (0-based) where it did."""
 
     def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"training diverged at step {step}: loss is {loss}; lower the learning "
-                         "rate or enable gradient clipping")
+        super().__init__(
+            f"training diverged at step {step}: loss is {loss}; lower the learning "
+            "rate or enable gradient clipping"
+        )
         self.step = step
         self.loss = loss
 
@@ -88,21 +92,27 @@ class StepOptions:
     def __post_init__(self) -> None:
         for name in ("cuda_graph", "fused_optimizer"):
             if not _auto_or_bool(getattr(self, name)):
-                raise ValueError(f"train.{name}: must be true, false or \"auto\", got "
-                                 f"{getattr(self, name)!r}")
+                raise ValueError(
+                    f'train.{name}: must be true, false or "auto", got {getattr(self, name)!r}'
+                )
         if self.compile not in COMPILE_MODES:
-            raise ValueError(f"train.compile: must be one of {', '.join(COMPILE_MODES)}, got "
-                             f"{self.compile!r}")
+            raise ValueError(
+                f"train.compile: must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"
+            )
         if not isinstance(self.channels_last, bool):
-            raise ValueError(f"train.channels_last: must be true or false, got "
-                             f"{self.channels_last!r}")
+            raise ValueError(
+                f"train.channels_last: must be true or false, got {self.channels_last!r}"
+            )
         every = self.check_every
-        if not (every == "auto" or (isinstance(every, int) and not isinstance(every, bool)
-                                    and every >= 1)):
-            raise ValueError(f"train.check_every: must be a number of steps >= 1 or \"auto\", "
-                             f"got {every!r}")
+        if not (
+            every == "auto"
+            or (isinstance(every, int) and not isinstance(every, bool) and every >= 1)
+        ):
+            raise ValueError(
+                f'train.check_every: must be a number of steps >= 1 or "auto", got {every!r}'
+            )
 
-    def resolve(self, device: torch.device) -> "ResolvedOptions":
+    def resolve(self, device: torch.device) -> ResolvedOptions:
         """The concrete choices on ``device`` (before any runtime fallback)."""
         cuda = device.type == "cuda"
         return ResolvedOptions(
@@ -110,15 +120,20 @@ class StepOptions:
             compile=self.compile,
             channels_last=self.channels_last,
             fused_optimizer=cuda if self.fused_optimizer == "auto" else bool(self.fused_optimizer),
-            check_every=(CUDA_CHECK_EVERY if cuda else 1) if self.check_every == "auto"
+            check_every=(CUDA_CHECK_EVERY if cuda else 1)
+            if self.check_every == "auto"
             else int(self.check_every),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
-        return {"cuda_graph": self.cuda_graph, "compile": self.compile,
-                "channels_last": self.channels_last, "fused_optimizer": self.fused_optimizer,
-                "check_every": self.check_every}
+        return {
+            "cuda_graph": self.cuda_graph,
+            "compile": self.compile,
+            "channels_last": self.channels_last,
+            "fused_optimizer": self.fused_optimizer,
+            "check_every": self.check_every,
+        }
 
 
 @dataclass(frozen=True)
@@ -132,15 +147,21 @@ class ResolvedOptions:
     check_every: int
 
 
-def make_optimizer(model: nn.Module, *, name: str, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 4e-5, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 4e-5,
+    fused: bool = False,
+) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov) or AdamW over ``model``'s parameters, without weight decay on
     biases and norm weights (timm's grouping). ``fused`` uses the single-kernel implementation
     (CUDA); otherwise torch's default (multi-tensor ``foreach`` on CUDA, a loop on CPU). ``lr`` is in units of the update."""
-    from timm.optim import param_groups_weight_decay
 
     groups = param_groups_weight_decay(model, weight_decay)
-    impl = {"fused": True} if fused else {}
+    impl: dict[str, Any] = {"fused": True} if fused else {}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, **impl)
     if name == "adamw":
@@ -155,8 +176,10 @@ def pad_targets(boxes: Tensor, labels: Tensor, rows: int) -> tuple[Tensor, Tenso
     built for (raise ``max_objects``)."""
     have = boxes.shape[1]
     if have > rows:
-        raise ValueError(f"max_objects: a batch has {have} object rows but the step was built "
-                         f"for {rows}; build it with max_objects >= {have}")
+        raise ValueError(
+            f"max_objects: a batch has {have} object rows but the step was built "
+            f"for {rows}; build it with max_objects >= {have}"
+        )
     if have == rows:
         return boxes, labels
     return F.pad(boxes, (0, 0, 0, rows - have)), F.pad(labels, (0, rows - have), value=-1)
@@ -194,7 +217,7 @@ class LossMonitor:
         """Check the stored losses; raise :class:`DivergedError` at the first bad one."""
         if self._count:
             values = self._buffer[: self._count].tolist()
-            first, self._count = self._first_step, 0
+            first, self._count = self._first_step or 0, 0
             for offset, value in enumerate(values):
                 if not math.isfinite(value):
                     raise DivergedError(first + offset, value)
@@ -207,7 +230,7 @@ class TrainStep:
 
     Args (keyword-only):
         model: the detector (its forward returns per-level class and box outputs).
-        criterion: :class:`detector.loss.DetectionLoss` (or anything with its signature).
+        criterion: :class:`effscale.detector.loss.DetectionLoss` (or anything with its signature).
         optimizer: built over ``model``'s parameters (see :func:`make_optimizer`).
         anchors (Tensor[N, 4]): on the training device.
         num_classes (int): ``C``.
@@ -224,10 +247,19 @@ class TrainStep:
     for any fallback.
     """
 
-    def __init__(self, *, model: nn.Module, criterion: nn.Module,
-                 optimizer: torch.optim.Optimizer, anchors: Tensor, num_classes: int,
-                 grad_clip: float, autocast_dtype: torch.dtype | None,
-                 options: ResolvedOptions, max_objects: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        anchors: Tensor,
+        num_classes: int,
+        grad_clip: float,
+        autocast_dtype: torch.dtype | None,
+        options: ResolvedOptions,
+        max_objects: int | None = None,
+    ) -> None:
         self.model = model
         self.criterion = criterion
         self.optimizer = optimizer
@@ -260,8 +292,9 @@ class TrainStep:
             self.levers["cuda_graph"] = "off: needs a CUDA device"
         elif options.cuda_graph and options.compile != "off":
             self._use_graph = False
-            self.levers["cuda_graph"] = ("off: torch.compile is on (its mode "
-                                         "'reduce-overhead' uses CUDA graphs itself)")
+            self.levers["cuda_graph"] = (
+                "off: torch.compile is on (its mode 'reduce-overhead' uses CUDA graphs itself)"
+            )
         elif options.cuda_graph and max_objects is None:
             self._use_graph = False
             self.levers["cuda_graph"] = "off: needs max_objects for fixed target shapes"
@@ -279,14 +312,23 @@ class TrainStep:
 
     # -- the step ---------------------------------------------------------------------------
 
-    def _forward_loss(self, images: Tensor, boxes: Tensor, labels: Tensor, *,
-                      cache: bool = True, eager: bool = False) -> Tensor:
+    def _forward_loss(
+        self,
+        images: Tensor,
+        boxes: Tensor,
+        labels: Tensor,
+        *,
+        cache: bool = True,
+        eager: bool = False,
+    ) -> Tensor:
         """The loss of one batch; ``eager`` bypasses ``torch.compile`` (the reference)."""
-        model, loss_fn = (self.model, self.criterion) if eager else (self._forward_model,
-                                                                     self._loss_fn)
+        model, loss_fn = (
+            (self.model, self.criterion) if eager else (self._forward_model, self._loss_fn)
+        )
         dtype = self.autocast_dtype
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None,
-                            cache_enabled=cache):
+        with torch.autocast(
+            self.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache
+        ):
             cls_levels, box_levels = model(images)
         cls, box = flatten_outputs(cls_levels, box_levels, self.num_classes)
         return loss_fn(cls, box, self.anchors, boxes, labels)["loss"]
@@ -303,8 +345,9 @@ class TrainStep:
         self._finish()
         return loss.detach()
 
-    def _prepare(self, images: Tensor, boxes: Tensor,
-                 labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _prepare(
+        self, images: Tensor, boxes: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         if self.options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.max_objects is not None:
@@ -328,15 +371,23 @@ class TrainStep:
 
     # -- torch.compile ----------------------------------------------------------------------
 
-    def _fall_back_from_compile(self, exc: BaseException | None = None, *,
-                                reason: str | None = None, kind: str = "compile failed") -> None:
+    def _fall_back_from_compile(
+        self,
+        exc: BaseException | None = None,
+        *,
+        reason: str | None = None,
+        kind: str = "compile failed",
+    ) -> None:
         if exc is not None:
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             detail = f"{kind} ({type(exc).__name__}: {reason})"
         else:
             detail = f"{kind} ({reason})"
-        warnings.warn(f"torch.compile: {kind}; training continues eagerly: {reason}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"torch.compile: {kind}; training continues eagerly: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         self.levers["compile"] = f"off: {detail}"
         self._forward_model = self.model
         self._loss_fn = self.criterion
@@ -367,9 +418,13 @@ class TrainStep:
                 # (both non-finite: the data diverges either way, LossMonitor reports it)
                 self.optimizer.zero_grad(set_to_none=True)
                 restore_buffers()
-                self._fall_back_from_compile(reason=(
-                    f"the compiled loss {compiled:.6g} differs from the eager loss "
-                    f"{reference:.6g} on the same batch (a miscompile)"), kind="miscompiled")
+                self._fall_back_from_compile(
+                    reason=(
+                        f"the compiled loss {compiled:.6g} differs from the eager loss "
+                        f"{reference:.6g} on the same batch (a miscompile)"
+                    ),
+                    kind="miscompiled",
+                )
                 return self._eager_step(images, boxes, labels)
             loss.backward()
         except Exception as exc:
@@ -407,8 +462,11 @@ class TrainStep:
         except Exception as exc:
             torch.cuda.synchronize(self.device)
             reason = " ".join(str(exc).split())[:200]
-            warnings.warn(f"CUDA-graph capture failed, training continues eagerly: {reason}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"CUDA-graph capture failed, training continues eagerly: {reason}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             self.levers["cuda_graph"] = f"off: capture failed ({type(exc).__name__}: {reason})"
             self._use_graph = False
             return self._eager_step(images, boxes, labels)
@@ -416,14 +474,18 @@ class TrainStep:
         self.levers["cuda_graph"] = f"on: captured after {GRAPH_WARMUP_STEPS} eager steps"
         return self._replay(images, boxes, labels, count=False)
 
-    def _replay(self, images: Tensor, boxes: Tensor, labels: Tensor, *,
-                count: bool = True) -> Tensor:
+    def _replay(
+        self, images: Tensor, boxes: Tensor, labels: Tensor, *, count: bool = True
+    ) -> Tensor:
+        assert self._static is not None and self._static_loss is not None  # captured
         static_images, static_boxes, static_labels = self._static
         if images.shape != static_images.shape or boxes.shape != static_boxes.shape:
-            raise ValueError(f"images/boxes: the CUDA graph was captured for "
-                             f"{tuple(static_images.shape)} / {tuple(static_boxes.shape)}, got "
-                             f"{tuple(images.shape)} / {tuple(boxes.shape)}; keep batch_size "
-                             "fixed (drop_last) and pad targets to max_objects")
+            raise ValueError(
+                f"images/boxes: the CUDA graph was captured for "
+                f"{tuple(static_images.shape)} / {tuple(static_boxes.shape)}, got "
+                f"{tuple(images.shape)} / {tuple(boxes.shape)}; keep batch_size "
+                "fixed (drop_last) and pad targets to max_objects"
+            )
         static_images.copy_(images, non_blocking=True)
         static_boxes.copy_(boxes, non_blocking=True)
         static_labels.copy_(labels, non_blocking=True)

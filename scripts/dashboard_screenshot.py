@@ -44,8 +44,8 @@ def demo_study(folder: Path) -> Path:
     """Write and run the demo study in ``folder``; returns its study file."""
     import tomli_w
 
-    from search.runners.optuna_runner import run_study
-    from search.study_file import load_study_file
+    from effscale.search.runners.optuna_runner import run_study
+    from effscale.search.study_file import load_study_file
 
     if sys.version_info >= (3, 11):
         import tomllib
@@ -53,8 +53,12 @@ def demo_study(folder: Path) -> Path:
         import tomli as tomllib
 
     raw = tomllib.loads((ROOT / "studies" / "surrogate_compound.toml").read_text())
-    raw["study"].update(name="surrogate-demo", n_trials=DEMO_TRIALS, objectives=["ap", "macs"],
-                        storage="journal:///demo.journal")
+    raw["study"].update(
+        name="surrogate-demo",
+        n_trials=DEMO_TRIALS,
+        objectives=["ap", "macs"],
+        storage="journal:///demo.journal",
+    )
     raw["constraint"].update(mode="band", tolerance=0.3)
     path = folder / "demo.toml"
     path.write_text(tomli_w.dumps(raw))
@@ -71,8 +75,11 @@ def _get_json(url: str) -> dict:
 def start_dashboard(study: Path) -> tuple[subprocess.Popen, str]:
     """``effscale dashboard STUDY --port 0`` in a subprocess; returns it and its base URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "dashboard", str(study), "--port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "effscale.search.cli", "dashboard", str(study), "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     line = process.stdout.readline()  # "study 'x' at http://127.0.0.1:PORT/dashboard/ (...)"
@@ -83,15 +90,29 @@ def start_dashboard(study: Path) -> tuple[subprocess.Popen, str]:
     return process, url.rsplit("/dashboard/", 1)[0]
 
 
-def screenshot(chromium: str, url: str, path: Path, *, size: tuple[int, int],
-               budget_ms: int) -> None:
+def screenshot(
+    chromium: str, url: str, path: Path, *, size: tuple[int, int], budget_ms: int
+) -> None:
     """Load ``url`` in headless Chromium and save a PNG of the window to ``path``."""
     with tempfile.TemporaryDirectory(prefix="effscale-chromium-") as profile:
         subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--no-first-run", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-             f"--virtual-time-budget={budget_ms}", f"--screenshot={path}", url],
-            check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--window-size={size[0]},{size[1]}",
+                f"--virtual-time-budget={budget_ms}",
+                f"--screenshot={path}",
+                url,
+            ],
+            check=True,
+            timeout=120,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
     from PIL import Image
 
@@ -101,21 +122,34 @@ def screenshot(chromium: str, url: str, path: Path, *, size: tuple[int, int],
         drawn = sum(content.point(lambda v: 255 if v < 235 else 0).histogram()[255:])
     share = drawn / max(1, content.size[0] * content.size[1])
     if share < 0.01:
-        raise SystemExit(f"{path} looks blank ({share:.1%} of the page drawn); raise --budget-ms "
-                         "or check the page in a browser")
+        raise SystemExit(
+            f"{path} looks blank ({share:.1%} of the page drawn); raise --budget-ms "
+            "or check the page in a browser"
+        )
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", nargs="?", help="study file (default: run the demo study)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"),
-                        help="folder for the PNGs (default: docs/screenshots)")
-    parser.add_argument("--chromium", default=shutil.which("chromium")
-                        or shutil.which("chromium-browser") or shutil.which("google-chrome"),
-                        help="the Chromium executable")
-    parser.add_argument("--budget-ms", type=int, default=15000,
-                        help="virtual time for the page to load and draw (default 15000)")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "docs" / "screenshots"),
+        help="folder for the PNGs (default: docs/screenshots)",
+    )
+    parser.add_argument(
+        "--chromium",
+        default=shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome"),
+        help="the Chromium executable",
+    )
+    parser.add_argument(
+        "--budget-ms",
+        type=int,
+        default=15000,
+        help="virtual time for the page to load and draw (default 15000)",
+    )
     args = parser.parse_args(argv)
     if not args.chromium:
         raise SystemExit("chromium not found; apt-get install -y chromium, or give --chromium")
@@ -137,16 +171,25 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.3)
             study_id = summaries[0]["study_id"]
             detail = _get_json(f"{base}/api/studies/{study_id}")
-            infeasible = [t["number"] for t in detail["trials"]
-                          if any(c > 0 for c in t["constraints"])]
-            pages = [("pareto_front.png", f"/dashboard/studies/{study_id}", (1400, 900)),
-                     ("study_note.png", f"/dashboard/studies/{study_id}/note", (1400, 1000))]
+            infeasible = [
+                t["number"] for t in detail["trials"] if any(c > 0 for c in t["constraints"])
+            ]
+            pages = [
+                ("pareto_front.png", f"/dashboard/studies/{study_id}", (1400, 900)),
+                ("study_note.png", f"/dashboard/studies/{study_id}/note", (1400, 1000)),
+            ]
             shown = infeasible[0] if infeasible else detail["trials"][0]["number"]
-            pages.append(("trial_list.png",
-                          f"/dashboard/studies/{study_id}/trials?numbers={shown}", (1400, 1350)))
+            pages.append(
+                (
+                    "trial_list.png",
+                    f"/dashboard/studies/{study_id}/trials?numbers={shown}",
+                    (1400, 1350),
+                )
+            )
             for name, page, size in pages:
-                screenshot(args.chromium, base + page, out / name, size=size,
-                           budget_ms=args.budget_ms)
+                screenshot(
+                    args.chromium, base + page, out / name, size=size, budget_ms=args.budget_ms
+                )
         finally:
             process.send_signal(signal.SIGINT)
             try:

@@ -45,6 +45,27 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from .definition import StudyDefinition
+from .errors import ParameterError
+from .markdown import code_fence
+from .output import safe_child
+from .plots import write_plots
+from .trials import (
+    CONSTRAINT_NAMES_ATTR,
+    CONSTRAINTS_ATTR,
+    constraint_values,
+    dashboard_constraints,
+    is_feasible,
+)
 
 __all__ = [
     "CONSTRAINTS_ATTR",
@@ -66,16 +87,10 @@ __all__ = [
     "prepare_study",
     "is_loopback",
     "check_host",
-    "open_study_storage",
-    "open_existing_study",
     "make_app",
     "DashboardServer",
 ]
 
-#: the trial system attr optuna-dashboard 0.21 reads constraints from (a JSON list of floats)
-CONSTRAINTS_ATTR = "constraints"
-#: the trial system attr holding the names of the ``"constraints"`` list's values
-CONSTRAINT_NAMES_ATTR = "effscale:constraint_names"
 #: the artifact folder next to the study file is ``<stem>.artifacts``
 ARTIFACTS_SUFFIX = ".artifacts"
 
@@ -84,38 +99,6 @@ _ARTIFACT_PREFIX = "artifacts:"  # optuna.artifacts._upload.ARTIFACTS_ATTR_PREFI
 
 
 # ------------------------------------------------------------------------------------ feasibility
-
-
-def dashboard_constraints(system_attrs: Mapping[str, Any]) -> list[float]:
-    """A trial's constraint values as optuna-dashboard reads them (its ``"constraints"`` list;
-    feasible when every value is ``<= 0``), from either storage format: the list itself, else the
-    ``"constraints:<name>"`` values of ``Trial.set_constraint`` ordered by name. ``[]`` when the
-    trial has no constraint."""
-    listed = system_attrs.get(CONSTRAINTS_ATTR)
-    if listed is not None:
-        return [float(v) for v in listed]
-    named = sorted((k[len(_NAMED_PREFIX):], v) for k, v in system_attrs.items()
-                   if k.startswith(_NAMED_PREFIX))
-    return [float(v) for _, v in named]
-
-
-def _system_attrs(trial: Any) -> dict[str, Any]:
-    """System attrs of a FrozenTrial, or of a running Trial (which has no such property)."""
-    attrs = getattr(trial, "system_attrs", None)
-    if attrs is None:
-        return trial.storage.get_trial_system_attrs(trial._trial_id)
-    return attrs
-
-
-def constraint_values(trial: Any) -> dict[str, float]:
-    """A finished or running trial's constraints by name, whichever way they were stored
-    (:func:`record_feasibility` or ``Trial.set_constraint``); ``{}`` when it has none."""
-    attrs = _system_attrs(trial)
-    listed = attrs.get(CONSTRAINTS_ATTR)
-    names = attrs.get(CONSTRAINT_NAMES_ATTR)
-    if listed is not None and names is not None and len(names) == len(listed):
-        return {str(n): float(v) for n, v in zip(names, listed)}
-    return {str(k): float(v) for k, v in trial.constraints.items()}
 
 
 def record_feasibility(trial: Any, constraint_values: Mapping[str, float]) -> None:
@@ -128,38 +111,43 @@ def record_feasibility(trial: Any, constraint_values: Mapping[str, float]) -> No
     ``trial.set_constraint``: calling both would count every constraint twice. Call it once per
     trial, before the trial ends (Optuna refuses changes to finished trials).
     """
-    import optuna
-
     if not isinstance(trial, optuna.Trial):
-        raise ValueError("record_feasibility: needs the running optuna.Trial (finished trials "
-                         "cannot be changed); call it from the objective")
+        raise ValueError(
+            "record_feasibility: needs the running optuna.Trial (finished trials "
+            "cannot be changed); call it from the objective"
+        )
     if not isinstance(constraint_values, Mapping) or not constraint_values:
-        raise ValueError("record_feasibility: give the constraints as a non-empty mapping, "
-                         "e.g. {\"cost_ratio\": violation}")
+        raise ValueError(
+            "record_feasibility: give the constraints as a non-empty mapping, "
+            'e.g. {"cost_ratio": violation}'
+        )
     values: list[float] = []
     for name, value in constraint_values.items():
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"constraint {name!r}: {value!r} is not a number; give the "
-                             "violation as a float (<= 0 feasible)") from None
+            raise ValueError(
+                f"constraint {name!r}: {value!r} is not a number; give the "
+                "violation as a float (<= 0 feasible)"
+            ) from None
         if not math.isfinite(number):  # NaN/inf would also make the dashboard's JSON invalid
-            raise ValueError(f"constraint {name!r}: must be finite, got {number}; clip the "
-                             "violation to a large finite number")
+            raise ValueError(
+                f"constraint {name!r}: must be finite, got {number}; clip the "
+                "violation to a large finite number"
+            )
         values.append(number)
     storage, trial_id = trial.storage, trial._trial_id
     existing = storage.get_trial_system_attrs(trial_id)
     if CONSTRAINTS_ATTR in existing or any(k.startswith(_NAMED_PREFIX) for k in existing):
-        raise ValueError(f"trial {trial.number}: constraints are already recorded; record them "
-                         "once, with record_feasibility only (not also Trial.set_constraint, "
-                         "which Optuna would count twice)")
-    storage.set_trial_system_attr(trial_id, CONSTRAINT_NAMES_ATTR,
-                                  [str(n) for n in constraint_values])
+        raise ValueError(
+            f"trial {trial.number}: constraints are already recorded; record them "
+            "once, with record_feasibility only (not also Trial.set_constraint, "
+            "which Optuna would count twice)"
+        )
+    storage.set_trial_system_attr(
+        trial_id, CONSTRAINT_NAMES_ATTR, [str(n) for n in constraint_values]
+    )
     storage.set_trial_system_attr(trial_id, CONSTRAINTS_ATTR, values)
-
-
-def _is_feasible(trial: Any) -> bool:
-    return all(v <= 0 for v in dashboard_constraints(trial.system_attrs))
 
 
 def _with_constraints(trial: Any) -> Any:
@@ -182,10 +170,9 @@ def _forward(name: str) -> Any:
 
 
 def _forwarding_base() -> type:
-    from optuna.storages import BaseStorage
-
-    names = [n for n in dir(BaseStorage) if not n.startswith("_")
-             and callable(getattr(BaseStorage, n))]
+    names = [
+        n for n in dir(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n))
+    ]
     namespace: dict[str, Any] = {n: _forward(n) for n in names}
     namespace["__module__"] = __name__
     return type("_ForwardingStorage", (BaseStorage,), namespace)
@@ -209,11 +196,12 @@ class FeasibilityView(_forwarding_base()):  # type: ignore[misc]
         """The trial, with its constraints in the dashboard's list form."""
         return _with_constraints(self._storage.get_trial(trial_id))
 
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Any = None) -> list[Any]:
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list[Any]:
         """All trials of the study, with their constraints in the dashboard's list form."""
-        return [_with_constraints(t) for t in
-                self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)]
+        return [
+            _with_constraints(t)
+            for t in self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        ]
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         """The trial's system attrs, with ``"constraints"`` added when only named ones exist."""
@@ -222,13 +210,12 @@ class FeasibilityView(_forwarding_base()):  # type: ignore[misc]
     def get_best_trial(self, study_id: int) -> Any:
         """The best feasible COMPLETE trial of a single-objective study (the wrapped storage's
         best when no trial is feasible)."""
-        from optuna.study import StudyDirection
-        from optuna.trial import TrialState
-
         (direction,) = self._storage.get_study_directions(study_id)
-        feasible = [t for t in self.get_all_trials(study_id, deepcopy=False,
-                                                   states=(TrialState.COMPLETE,))
-                    if _is_feasible(t) and t.value is not None]
+        feasible = [
+            t
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
+            if is_feasible(t) and t.value is not None
+        ]
         if not feasible:
             return self._storage.get_best_trial(study_id)
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
@@ -240,8 +227,6 @@ class FeasibilityView(_forwarding_base()):  # type: ignore[misc]
 
 def study_note(*, study_name: str, study_file_text: str, version: str) -> str:
     """The Markdown note ``effscale`` writes on a study: its origin and the study file."""
-    from search.report import code_fence
-
     fence = code_fence(study_file_text)
     return (
         f"## effscale study `{study_name}`\n\n"
@@ -258,22 +243,22 @@ def write_study_note(study: Any, study_file_text: str, version: str) -> None:
     file's text (see :func:`study_note`). Replaces the current note, keeping its history."""
     from optuna_dashboard import save_note
 
-    save_note(study, study_note(study_name=study.study_name, study_file_text=study_file_text,
-                                version=version))
+    save_note(
+        study,
+        study_note(study_name=study.study_name, study_file_text=study_file_text, version=version),
+    )
 
 
 # -------------------------------------------------------------------------------------- artifacts
 
 
-def artifact_folder(definition: Any) -> Path:
+def artifact_folder(definition: StudyDefinition) -> Path:
     """``<stem>.artifacts/`` next to the study file: where the study's artifacts are stored."""
     return definition.folder / f"{definition.path.stem}{ARTIFACTS_SUFFIX}"
 
 
-def artifact_store_for(definition: Any) -> Any:
+def artifact_store_for(definition: StudyDefinition) -> FileSystemArtifactStore:
     """The study's ``FileSystemArtifactStore`` in :func:`artifact_folder` (created if needed)."""
-    from optuna.artifacts import FileSystemArtifactStore
-
     folder = artifact_folder(definition)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"artifact folder {folder} is a file; move it away")
@@ -284,12 +269,14 @@ def artifact_store_for(definition: Any) -> Any:
 def list_artifacts(study_or_trial: Any) -> list[dict[str, Any]]:
     """The artifacts attached to a study or a trial (dicts with ``artifact_id``, ``filename``,
     ``mimetype``, ``encoding``), skipping those the dashboard deleted."""
-    import optuna
-
     if isinstance(study_or_trial, optuna.Study):
         attrs = study_or_trial._storage.get_study_system_attrs(study_or_trial._study_id)
     else:
-        attrs = _system_attrs(study_or_trial)
+        attrs = (
+            study_or_trial.system_attrs
+            if hasattr(study_or_trial, "system_attrs")
+            else study_or_trial.storage.get_trial_system_attrs(study_or_trial._trial_id)
+        )
     metas = [json.loads(v) for k, v in attrs.items() if k.startswith(_ARTIFACT_PREFIX)]
     return [m for m in metas if m is not None]
 
@@ -303,8 +290,6 @@ def _sha256_file(path: Path) -> str:
 
 
 def _stored_sha256(artifact_store: Any, artifact_id: str) -> str | None:
-    from optuna.artifacts.exceptions import ArtifactNotFound
-
     try:
         reader = artifact_store.open_reader(artifact_id)
     except (ArtifactNotFound, OSError, ValueError):
@@ -317,19 +302,19 @@ def _stored_sha256(artifact_store: Any, artifact_id: str) -> str | None:
 
 
 def _checked_path(path: str | Path, under: Path | None) -> Path:
-    if under is None:
-        resolved = Path(path)
-    else:
-        from search.report import safe_child
-
-        resolved = safe_child(under, path)
+    resolved = Path(path) if under is None else safe_child(under, path)
     if not resolved.is_file():
         raise FileNotFoundError(f"cannot attach {resolved}: not a file")
     return resolved
 
 
-def attach_files(study_or_trial: Any, paths: Iterable[str | Path], *, artifact_store: Any,
-                 under: str | Path | None = None) -> list[str]:
+def attach_files(
+    study_or_trial: Any,
+    paths: Iterable[str | Path],
+    *,
+    artifact_store: Any,
+    under: str | Path | None = None,
+) -> list[str]:
     """Attach files to a study (any time) or a running trial; returns their artifact ids.
 
     The dashboard lists each under its file name. A file whose name and bytes equal an artifact
@@ -337,30 +322,41 @@ def attach_files(study_or_trial: Any, paths: Iterable[str | Path], *, artifact_s
     outputs twice adds nothing. With ``under`` (a folder), every path must be relative to it and
     stay inside it: absolute paths and ``..`` are refused.
     """
-    import optuna
-    from optuna.artifacts import upload_artifact
-
     if not isinstance(study_or_trial, (optuna.Study, optuna.Trial)):
-        raise ValueError("attach_files: attach to an optuna.Study or a running optuna.Trial "
-                         "(Optuna cannot change finished trials; attach to the study instead)")
+        raise ValueError(
+            "attach_files: attach to an optuna.Study or a running optuna.Trial "
+            "(Optuna cannot change finished trials; attach to the study instead)"
+        )
     base = None if under is None else Path(under)
     files = [_checked_path(p, base) for p in paths]
     names = [f.name for f in files]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"attach_files: two files are named {duplicates[0]!r}; the dashboard "
-                         "lists artifacts by file name, so rename one")
+        raise ValueError(
+            f"attach_files: two files are named {duplicates[0]!r}; the dashboard "
+            "lists artifacts by file name, so rename one"
+        )
     existing = list_artifacts(study_or_trial)
     ids: list[str] = []
     for file in files:
         digest = _sha256_file(file)
-        same = next((m["artifact_id"] for m in existing if m.get("filename") == file.name
-                     and _stored_sha256(artifact_store, m["artifact_id"]) == digest), None)
+        same = next(
+            (
+                m["artifact_id"]
+                for m in existing
+                if m.get("filename") == file.name
+                and _stored_sha256(artifact_store, m["artifact_id"]) == digest
+            ),
+            None,
+        )
         if same is not None:
             ids.append(same)
             continue
-        ids.append(upload_artifact(artifact_store=artifact_store, file_path=str(file),
-                                   study_or_trial=study_or_trial))
+        ids.append(
+            upload_artifact(
+                artifact_store=artifact_store, file_path=str(file), study_or_trial=study_or_trial
+            )
+        )
     return ids
 
 
@@ -370,8 +366,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def attach_trial_metrics(trial: Any, *, artifact_store: Any,
-                         metrics: Mapping[str, Any] | None = None) -> str:
+def attach_trial_metrics(
+    trial: Any, *, artifact_store: Any, metrics: Mapping[str, Any] | None = None
+) -> str:
     """Attach ``metrics.json`` to a running trial; returns its artifact id.
 
     The file holds the trial's ``number``, ``params``, ``constraints`` (by name) and user attrs
@@ -380,11 +377,11 @@ def attach_trial_metrics(trial: Any, *, artifact_store: Any,
     ``metrics`` (e.g. ``TrainResult.to_dict()``); non-finite floats become ``null``. Call it at
     the end of the objective, also before raising ``TrialPruned``.
     """
-    import optuna
-
     if not isinstance(trial, optuna.Trial):
-        raise ValueError("attach_trial_metrics: needs the running optuna.Trial (Optuna cannot "
-                         "change finished trials)")
+        raise ValueError(
+            "attach_trial_metrics: needs the running optuna.Trial (Optuna cannot "
+            "change finished trials)"
+        )
     document: dict[str, Any] = {
         "number": trial.number,
         "params": dict(trial.params),
@@ -400,11 +397,9 @@ def attach_trial_metrics(trial: Any, *, artifact_store: Any,
 
 
 def attach_study_plots(study: Any, definition: Any, *, artifact_store: Any) -> list[str]:
-    """Draw the study's plots (:func:`search.report.write_plots`: AP against MACs with the
+    """Draw the study's plots (:func:`effscale.search.plots.write_plots`: AP against MACs with the
     feasible band and the Pareto front; the coefficient maps) and attach them to the study;
     unchanged plots are not stored again. Returns the artifact ids."""
-    from search.report import write_plots
-
     trials = study.get_trials(deepcopy=False)
     with tempfile.TemporaryDirectory(prefix="effscale-plots-") as folder:
         written = write_plots(definition, trials, out=Path(folder))
@@ -415,8 +410,9 @@ def attach_study_plots(study: Any, definition: Any, *, artifact_store: Any) -> l
 METRIC_NAMES = {"ap": "AP", "macs": "MACs per image (phi=1)"}
 
 
-def prepare_study(study: Any, definition: Any, *, artifact_store: Any | None,
-                  version: str, plots: bool = True) -> list[str]:
+def prepare_study(
+    study: Any, definition: Any, *, artifact_store: Any | None, version: str, plots: bool = True
+) -> list[str]:
     """Make a study ready to watch: write the note (the study file stored with the study, and
     the effscale version that made it, else ``version``) when it has none, name the objectives
     (:data:`METRIC_NAMES`) when they are unnamed, and with ``plots`` attach the current plots
@@ -425,8 +421,9 @@ def prepare_study(study: Any, definition: Any, *, artifact_store: Any | None,
 
     if not get_note(study).strip():
         attrs = study.user_attrs
-        write_study_note(study, attrs.get("study_file", definition.text),
-                         attrs.get("effscale_version", version))
+        write_study_note(
+            study, attrs.get("study_file", definition.text), attrs.get("effscale_version", version)
+        )
     if study.metric_names is None:
         study.set_metric_names([METRIC_NAMES[name] for name in definition.study.objectives])
     if plots and artifact_store is not None:
@@ -449,9 +446,10 @@ def is_loopback(host: str) -> bool:
     try:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
-        raise ValueError(f"--host {host}: cannot resolve this name; give an address such as "
-                         "127.0.0.1") from None
-    addresses = {info[4][0].split("%")[0] for info in infos}
+        raise ParameterError(
+            f"host {host}", "cannot resolve this name", "give an address such as 127.0.0.1"
+        ) from None
+    addresses = {str(info[4][0]).split("%")[0] for info in infos}
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
 
@@ -463,38 +461,14 @@ def check_host(host: str, *, allow_remote: bool) -> bool:
     """
     loopback = is_loopback(host)
     if not loopback and not allow_remote:
-        raise ValueError(f"--host {host or '(all interfaces)'}: not a loopback address, and the "
-                         "dashboard has no authentication (anyone who reaches the port can read, "
-                         "edit and delete the studies); use --host 127.0.0.1 (with an SSH tunnel "
-                         "from elsewhere), or add --allow-remote on a trusted network")
+        raise ParameterError(
+            f"host {host or '(all interfaces)'}",
+            "not a loopback address, and the dashboard has no authentication (anyone who "
+            "reaches the port can read, edit and delete the studies)",
+            "use `host` 127.0.0.1 (with an SSH tunnel from elsewhere), or set `allow_remote` on "
+            "a trusted network",
+        )
     return loopback
-
-
-def open_study_storage(definition: Any, *, storage: str | None = None) -> Any:
-    """The Optuna storage object of ``definition``'s study (``storage`` overrides ``[study]
-    storage``), refusing a storage file that does not exist yet rather than creating it."""
-    from search.storage import open_storage, resolve_storage_url
-
-    location = resolve_storage_url(storage or definition.storage_url, base_dir=definition.folder)
-    if location.path is not None and not location.path.is_file():
-        raise FileNotFoundError(f"no study yet: {location.path} does not exist; run "
-                                f"`effscale search {definition.path.name}` first")
-    return open_storage(location)
-
-
-def open_existing_study(definition: Any, *, storage: str | None = None) -> Any:
-    """The study of ``definition`` (``storage`` overrides ``[study] storage``), never creating
-    its storage or the study; raises a one-line error naming ``effscale search`` otherwise."""
-    import optuna
-
-    storage_object = open_study_storage(definition, storage=storage)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=definition.study.name, storage=storage_object)
-    except KeyError:
-        raise ValueError(f"study.name: no study {definition.study.name!r} in "
-                         f"{storage or definition.storage_url}; run `effscale search "
-                         f"{definition.path.name}` first") from None
 
 
 def make_app(storage: Any, *, artifact_store: Any | None = None) -> Any:
@@ -505,8 +479,11 @@ def make_app(storage: Any, *, artifact_store: Any | None = None) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name != "optuna_dashboard":
             raise
-        raise ValueError("optuna-dashboard is not installed; pip install "
-                         "\"effscale[dashboard]\" (or optuna-dashboard)") from None
+        raise ParameterError(
+            "optuna-dashboard",
+            "not installed",
+            'pip install "effscale[dashboard]" (or optuna-dashboard)',
+        ) from None
     return wsgi(FeasibilityView(storage), artifact_store=artifact_store)
 
 
@@ -518,12 +495,12 @@ class DashboardServer:
     ``log_requests``.
     """
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 8080,
-                 log_requests: bool = False) -> None:
-        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    def __init__(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_requests: bool = False
+    ) -> None:
 
         class Handler(WSGIRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 if log_requests:
                     super().log_message(format, *args)
 
@@ -531,17 +508,21 @@ class DashboardServer:
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         if not 0 <= port <= 65535:
-            raise ValueError(f"--port {port}: must be in 0..65535 (0 picks a free port)")
+            raise ParameterError(f"port {port}", "must be in 0..65535", "0 picks a free port")
         try:
-            self._server = make_server(host.strip("[]"), port, app, server_class=Server,
-                                       handler_class=Handler)
+            self._server = make_server(
+                host.strip("[]"), port, app, server_class=Server, handler_class=Handler
+            )
         except PermissionError:
-            raise PermissionError(f"--port {port}: binding needs privileges; use a port "
-                                  ">= 1024") from None
+            raise ParameterError(
+                f"port {port}", "binding needs privileges", "use a port >= 1024"
+            ) from None
         except OSError as exc:
-            raise ValueError(f"--host {host} --port {port}: cannot listen there "
-                             f"({exc.strerror or exc}); choose another --port, or 0 for any "
-                             "free one") from None
+            raise ParameterError(
+                f"port {port}",
+                f"cannot listen on {host} there ({exc.strerror or exc})",
+                "choose another `port`, or 0 for any free one",
+            ) from None
         self.host = host
         self.port = int(self._server.server_address[1])
 
@@ -563,9 +544,8 @@ class DashboardServer:
         """Free the port."""
         self._server.server_close()
 
-    def __enter__(self) -> "DashboardServer":
+    def __enter__(self) -> DashboardServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-

@@ -11,17 +11,18 @@ violation)`` (stored as the trial system attr ``"constraints:cost_ratio"``; <= 0
 trial ends PRUNED within milliseconds, with ``infeasible_reason`` in its user attrs. TPE learns
 from such PRUNED trials; GP and NSGA-II learn only from COMPLETE ones, which is why the study
 file refuses band mode with them.
-Feasible points are scored by the analytic surrogate or by ``detector.train.train_proxy``, which
+Feasible points are scored by the analytic surrogate or by
+``effscale.detector.train.train_proxy``, which
 reports AP after each epoch so that the pruner can stop the trial.
 
 User attrs of every trial: ``cost_ratio``, ``feasible``, the φ=1 model's effective dimensions
 (``width_multiplier``, ``depth_multiplier``, ``resolution``, ``bifpn_channels``,
 ``bifpn_repeats``, ``head_repeats``), its ``macs`` (multiply-adds per image), ``params`` and
-``activations`` when ``detector.complexity`` is available, ``gamma`` when derived, and every
+``activations``, ``gamma`` when derived, and every
 coordinate that is fixed rather than sampled. Trained trials add ``ap``, ``ap50``, ``ap75``,
 ``aps``, ``apm``, ``apl`` (``None`` where COCOeval has no objects of that size),
 ``images_per_s``, ``train_seconds``, ``levers`` (the speed levers in effect, see
-:class:`detector.train.TrainResult`) and ``last_epoch`` (``pruned_at_epoch`` when the pruner
+:class:`effscale.detector.train.TrainResult`) and ``last_epoch`` (``pruned_at_epoch`` when the pruner
 stopped them); a worker on a GPU slot records ``gpu``; a grid point already held by another
 trial is pruned with ``skip_reason`` and ``duplicate_of``.
 
@@ -37,7 +38,7 @@ What can go wrong, and how each trial ends (``docs/reliability.md``):
   that cannot be halved, ends FAIL with ``fail_reason`` ``"oom"`` and the study goes on;
 * a NaN or infinite loss (``detector.train.DivergedError``): PRUNED with ``prune_reason``
   ``"diverged"``, ``diverged_step`` and ``error``; never COMPLETE with AP 0;
-* a worker killed mid-trial: see :mod:`search.storage` (``fail_reason`` ``"worker_lost"``, then
+* a worker killed mid-trial: see :mod:`.storage.liveness` (``fail_reason`` ``"worker_lost"``, then
   one retry with ``retry_of``).
 
 PRUNED trials carry ``prune_reason``: ``"infeasible"``, ``"duplicate"``, ``"pruner"`` or
@@ -52,30 +53,26 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from detector.config import DetectorConfig, from_scaling
-from detector.scaling import (
-    PAPER_COEFFICIENTS,
-    BifpnRule,
-    CompoundCoefficients,
-    ResolutionRule,
-    ScaledDimensions,
-    ScalingSpec,
-    scale,
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from effscale.detector.complexity import Complexity, count_complexity
+from effscale.detector.config import DetectorConfig
+from effscale.detector.train import (
+    DataSettings,
+    DivergedError,
+    TrainResult,
+    TrainSettings,
+    train_proxy,
 )
-from search.space import (
-    PARAM_NAMES,
-    CandidatePoint,
-    Choices,
-    CostConstraint,
-    Fixed,
-    Param,
-    Range,
-    SampledPoint,
-    SearchSpace,
-    suggest,
-)
-from search.study_file import BaseSection, DataSection, StudyDefinition
-from search.surrogate import surrogate_accuracy
+
+from .definition import DataSection, StudyDefinition
+from .errors import ParameterError
+from .family import build_configs, effective_multipliers
+from .space import PARAM_NAMES, CandidatePoint, Fixed, Range, SampledPoint, suggest
+from .surrogate import surrogate_accuracy
+from .trials import CONSTRAINT_NAME
 
 __all__ = [
     "CONSTRAINT_NAME",
@@ -85,17 +82,9 @@ __all__ = [
     "Objective",
     "is_out_of_memory",
     "release_memory",
-    "proxy_dimensions",
-    "family_spec",
-    "build_configs",
-    "corner_points",
-    "effective_multipliers",
-    "trial_coordinates",
     "train_inputs",
 ]
 
-#: the key of the constraint given to ``Trial.set_constraint``
-CONSTRAINT_NAME = "cost_ratio"
 #: COCO metrics recorded from training (fractions in [0, 1])
 METRIC_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
 
@@ -115,17 +104,11 @@ _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memo
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure: ``torch.cuda.OutOfMemoryError`` (alias
-    ``torch.OutOfMemoryError``), or a ``RuntimeError`` whose message says so (CUDA, MPS, the
-    CPU allocator)."""
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MESSAGES))
+    ``torch.OutOfMemoryError``), a ``MemoryError``, or a ``RuntimeError`` whose message says so
+    (CUDA, MPS, the CPU allocator)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
 
 
 def release_memory() -> None:
@@ -133,10 +116,6 @@ def release_memory() -> None:
     exception hold the model, the optimizer and the batch), then return the CUDA cache to the
     driver when CUDA is available."""
     gc.collect()
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -149,126 +128,52 @@ def _fail_reason(exc: BaseException) -> str:
     return "error"
 
 
-def proxy_dimensions(base: BaseSection) -> ScaledDimensions:
-    """The proxy's (search φ=0) dimensions: the base at ``phi_proxy`` under the paper's rules
-    (coefficients 1.2/1.1/1.15 for backbone and resolution, BiFPN ×1.35 width and +1 cell per φ),
-    with ``base.resolution`` (pixels) replacing the resolution when given."""
-    spec = ScalingSpec(
-        coefficients=PAPER_COEFFICIENTS,
-        bifpn=base.bifpn,
-        resolution=ResolutionRule(kind="compound", base=float(base.resolution_base), step=0.0),
-        backbone_width=base.backbone_width,
-        backbone_depth=base.backbone_depth,
-    )
-    dims = scale(spec, base.phi_proxy)
-    if base.resolution is not None:
-        dims = replace(dims, resolution=base.resolution)
-    return dims
-
-
-def family_spec(base: BaseSection, point: CandidatePoint) -> ScalingSpec:
-    """The scaling spec whose φ=0 is the proxy and whose φ=1 applies ``point``'s multipliers."""
-    d0 = proxy_dimensions(base)
-    return ScalingSpec(
-        coefficients=CompoundCoefficients(alpha=point.alpha, beta=point.beta, gamma=point.gamma),
-        bifpn=BifpnRule(
-            width_base=float(d0.bifpn_channels), width_growth=point.width_growth,
-            depth_base=float(d0.bifpn_repeats), depth_step=point.depth_step,
-            head_depth_base=d0.head_repeats, head_depth_period=base.bifpn.head_depth_period,
-        ),
-        resolution=ResolutionRule(kind="compound", base=float(d0.resolution), step=0.0),
-        backbone_width=d0.width_multiplier,
-        backbone_depth=d0.depth_multiplier,
-    )
-
-
-def build_configs(
-    base: BaseSection, point: CandidatePoint, *, num_classes: int
-) -> tuple[DetectorConfig, DetectorConfig]:
-    """The φ=0 (proxy) and φ=1 detector configs for ``point``."""
-    spec = family_spec(base, point)
-    return tuple(  # type: ignore[return-value]
-        from_scaling(spec, phi, num_classes=num_classes, fusion=point.fusion,
-                     name=f"proxy-phi{phi}")
-        for phi in (0, 1)
-    )
-
-
-def _extremes(param: Param) -> tuple[Any, Any]:
-    if isinstance(param, Fixed):
-        return param.value, param.value
-    if isinstance(param, Choices):
-        if all(isinstance(v, str) for v in param.values):
-            return param.values[0], param.values[0]
-        return min(param.values), max(param.values)
-    return param.low, param.high
-
-
-def corner_points(space: SearchSpace, constraint: CostConstraint) -> tuple[CandidatePoint, ...]:
-    """The smallest and the largest point of ``space`` (every multiplier at its low or high end),
-    used to check once that all models of the study can be built."""
-    ends = {name: _extremes(space.param(name)) for name in PARAM_NAMES}
-    return tuple(CandidatePoint(**{name: ends[name][i] for name in PARAM_NAMES}) for i in (0, 1))
-
-
-def effective_multipliers(phi0: DetectorConfig, phi1: DetectorConfig) -> tuple[float, float, float]:
-    """(depth, width, resolution) multipliers of ``phi1`` over ``phi0`` after rounding."""
-    return (
-        phi1.backbone.depth_multiplier / phi0.backbone.depth_multiplier,
-        phi1.backbone.width_multiplier / phi0.backbone.width_multiplier,
-        phi1.image_size[0] / phi0.image_size[0],
-    )
-
-
-def trial_coordinates(trial: Any) -> dict[str, Any]:
-    """A finished trial's ``alpha``, ``beta``, ``gamma``, ``width_growth``, ``depth_step`` and
-    ``fusion``, whether sampled (params), derived or fixed (user attrs); ``None`` if unknown."""
-    return {name: trial.params.get(name, trial.user_attrs.get(name)) for name in PARAM_NAMES}
-
-
-def train_inputs(definition: StudyDefinition, data: DataSection) -> tuple[Any, Any]:
-    """``detector.train``'s ``DataSettings`` and ``TrainSettings`` for this study; ``data``
-    must be resolved (its ``dir`` set, see :func:`search.runners.optuna_runner.prepare_data`).
-    Every trial trains with the study seed (0 when unset), so that trials differ only in the
-    architecture."""
-    from detector.train import DataSettings, TrainSettings
-
+def train_inputs(
+    definition: StudyDefinition, data: DataSection
+) -> tuple[DataSettings, TrainSettings]:
+    """``effscale.detector.train``'s ``DataSettings`` and ``TrainSettings`` for this study;
+    ``data`` must be prepared (its ``dir`` set, see :func:`.data.prepare_data`). Every trial
+    trains with the study seed (0 when unset), so that trials differ only in the architecture."""
     t = definition.train
     if data.dir is None:
-        raise ValueError("data: not prepared; generate the data before training")
-    budget = {name: getattr(t, name) for name in ("epochs", "steps", "seconds")
-              if getattr(t, name) is not None}
+        raise ParameterError("data", "not prepared", "generate the data before training")
     return (
-        DataSettings(dir=data.dir, train_subset=data.subset_train, val_subset=data.subset_val,
-                     num_workers=t.num_workers, cache=t.cache),
-        TrainSettings(**budget, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-                      seed=definition.study.seed or 0, **t.speed_settings(),
-                      # per-epoch AP feeds the pruner; without one, evaluate once at the end
-                      eval_every_epoch=definition.pruner.kind != "none"),
+        DataSettings(
+            dir=data.dir,
+            train_subset=data.subset_train,
+            val_subset=data.subset_val,
+            num_workers=t.num_workers,
+            cache=t.cache,
+        ),
+        TrainSettings(
+            **t.budget(),
+            batch_size=t.batch_size,
+            optimizer=t.optimizer,
+            lr=t.lr,
+            seed=definition.study.seed or 0,
+            **t.speed_settings(),
+            # per-epoch AP feeds the pruner; without one, evaluate once at the end
+            eval_every_epoch=definition.pruner.kind != "none",
+        ),
     )
-
-
-def _complexity_function(required: bool) -> Callable[[DetectorConfig], Any] | None:
-    try:
-        from detector.complexity import count_complexity
-    except ModuleNotFoundError as exc:
-        if exc.name != "detector.complexity" or required:
-            raise
-        return None
-    return count_complexity
 
 
 def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
+#: what trains a φ=1 model: :func:`effscale.detector.train.train_proxy` or a stand-in
+Trainer = Callable[..., TrainResult]
+
+
 class Objective:
     """The Optuna objective of a study: ``Objective(definition, ...)(trial)``.
 
-    ``num_classes`` sizes the detectors; ``data`` is the resolved data section (its ``dir``
+    ``num_classes`` sizes the detectors; ``data`` is the prepared data section (its ``dir``
     set) and ``device`` the torch device, both for ``objective.kind = "train"``; ``gpu`` (the
     worker's GPU slot) is recorded in each trial's user attrs; ``trainer`` replaces
-    ``detector.train.train_proxy`` (for fault injection in tests).
+    :func:`~effscale.detector.train.train_proxy` (fault injection in tests). Subclasses may
+    wrap :meth:`__call__` to inject faults; the runners take the class as ``objective=``.
     Returns AP, or (AP, MACs of the φ=1 model) for two objectives.
     """
 
@@ -280,32 +185,29 @@ class Objective:
         data: DataSection | None = None,
         device: str = "cpu",
         gpu: int | None = None,
-        trainer: Callable[..., Any] | None = None,
+        trainer: Trainer | None = None,
         quiet: bool = True,
     ) -> None:
         self.definition = definition
         self.num_classes = num_classes
         self.device = device
         self.gpu = gpu
-        self.trainer = trainer
+        self.trainer: Trainer = trainer if trainer is not None else train_proxy
         self.quiet = quiet
-        self._train_inputs = None
+        self._train_inputs: tuple[DataSettings, TrainSettings] | None = None
         if definition.objective.kind == "train":
             if data is None:
-                raise ValueError("data: objective.kind = \"train\" needs the prepared data")
+                raise ParameterError(
+                    "data", 'objective.kind = "train" needs the prepared data', "pass data="
+                )
             self._train_inputs = train_inputs(definition, data)
-        needs_cost = (definition.constraint.kind == "measured"
-                      or "macs" in definition.study.objectives
-                      or definition.objective.kind == "train")
-        self._complexity = _complexity_function(required=needs_cost)
-        self._cost_cache: dict[DetectorConfig, Any] = {}
+        self._cost_cache: dict[DetectorConfig, Complexity] = {}
 
     # -- cost -------------------------------------------------------------------------------
 
-    def _cost(self, config: DetectorConfig) -> Any:
+    def _cost(self, config: DetectorConfig) -> Complexity:
         if config not in self._cost_cache:
-            assert self._complexity is not None
-            self._cost_cache[config] = self._complexity(config)
+            self._cost_cache[config] = count_complexity(config)
         return self._cost_cache[config]
 
     def measured_ratio(self, point: CandidatePoint) -> float:
@@ -315,9 +217,7 @@ class Objective:
 
     # -- the trial --------------------------------------------------------------------------
 
-    def __call__(self, trial: Any) -> float | tuple[float, float]:
-        import optuna
-
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
             return self._evaluate(trial)
         except optuna.TrialPruned:
@@ -327,13 +227,14 @@ class Objective:
             trial.set_user_attr("fail_reason", _fail_reason(exc))
             raise
 
-    def _evaluate(self, trial: Any) -> float | tuple[float, float]:
-        import optuna
-
+    def _evaluate(self, trial: optuna.Trial) -> float | tuple[float, float]:
         d = self.definition
-        point = suggest(trial, d.space, d.constraint,
-                        measured_ratio=self.measured_ratio
-                        if d.constraint.kind == "measured" else None)
+        point = suggest(
+            trial,
+            d.space,
+            d.constraint,
+            measured_ratio=self.measured_ratio if d.constraint.kind == "measured" else None,
+        )
         phi0, phi1 = build_configs(d.base, point.candidate(), num_classes=self.num_classes)
         attrs = self._point_attrs(point, phi1)
         for key, value in attrs.items():
@@ -364,6 +265,7 @@ class Objective:
 
     def _point_attrs(self, point: SampledPoint, phi1: DetectorConfig) -> dict[str, Any]:
         d = self.definition
+        cost = self._cost(phi1)
         attrs: dict[str, Any] = {
             "cost_ratio": point.ratio,
             "feasible": point.feasible,
@@ -382,48 +284,55 @@ class Objective:
             param = d.space.param(name)
             if isinstance(param, Fixed) and not (name == "gamma" and point.gamma_derived):
                 attrs[name] = param.value
-        if self._complexity is not None:
-            cost = self._cost(phi1)
-            attrs.update(macs=int(cost.macs), params=int(cost.params),
-                         activations=int(cost.activations))
+        attrs.update(
+            macs=int(cost.macs), params=int(cost.params), activations=int(cost.activations)
+        )
         return attrs
 
     def _infeasible_reason(self, point: SampledPoint) -> str:
         c = self.definition.constraint
         low, high = c.band()
         gamma = self.definition.space.gamma
-        at_bound = (point.gamma_derived and isinstance(gamma, Range)
-                    and point.gamma in (gamma.low, gamma.high))
-        return (f"{'derived gamma at its bound; ' if at_bound else ''}{c.kind} cost ratio "
-                f"{point.ratio:.4f} outside [{low:.4f}, {high:.4f}] "
-                f"(target {c.target:g} ± {c.tolerance:g})")
+        at_bound = (
+            point.gamma_derived
+            and isinstance(gamma, Range)
+            and point.gamma in (gamma.low, gamma.high)
+        )
+        return (
+            f"{'derived gamma at its bound; ' if at_bound else ''}{c.kind} cost ratio "
+            f"{point.ratio:.4f} outside [{low:.4f}, {high:.4f}] "
+            f"(target {c.target:g} ± {c.tolerance:g})"
+        )
 
-    def _surrogate(self, trial: Any, point: SampledPoint, phi0: DetectorConfig,
-                   phi1: DetectorConfig) -> float:
+    def _surrogate(
+        self, trial: optuna.Trial, point: SampledPoint, phi0: DetectorConfig, phi1: DetectorConfig
+    ) -> float:
         d = self.definition
         assert d.objective.surrogate is not None
         if d.constraint.kind == "measured":
             depth, width, resolution = effective_multipliers(phi0, phi1)
         else:
             depth, width, resolution = point.alpha, point.beta, point.gamma
-        ap = float(surrogate_accuracy(d.objective.surrogate, depth=depth, width=width,
-                                      resolution=resolution,
-                                      noise_seed=(d.study.seed or 0, trial.number)))
+        ap = float(
+            surrogate_accuracy(
+                d.objective.surrogate,
+                depth=depth,
+                width=width,
+                resolution=resolution,
+                noise_seed=(d.study.seed or 0, trial.number),
+            )
+        )
         if not math.isfinite(ap):
             raise NonFiniteObjectiveError(f"AP is {ap}; the trial is failed, not recorded")
         trial.set_user_attr("ap", ap)
         return ap
 
-    def _train(self, trial: Any, phi1: DetectorConfig) -> float:
-        import optuna
-        from detector.train import DivergedError
-
-        trainer = self.trainer
-        if trainer is None:
-            from detector.train import train_proxy as trainer
+    def _train(self, trial: optuna.Trial, phi1: DetectorConfig) -> float:
+        assert self._train_inputs is not None
         single = len(self.definition.study.objectives) == 1
+        trial_reported: set[int] = set()
 
-        def on_epoch(epoch: int, metrics: dict) -> None:
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             ap = float(metrics["ap"])
             trial.set_user_attr("last_epoch", epoch)
             if not math.isfinite(ap):
@@ -437,18 +346,23 @@ class Objective:
                     trial.set_user_attr("prune_reason", "pruner")
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} at AP {ap:.4f}")
 
-        trial_reported: set[int] = set()
         data, settings = self._train_inputs
         oom: str | None = None
         diverged: tuple[int, str] | None = None
         result = None
         for attempt in range(2):
             try:
-                result = trainer(phi1, data=data, settings=settings, device=self.device,
-                                 on_epoch=on_epoch, quiet=self.quiet)
+                result = self.trainer(
+                    phi1,
+                    data=data,
+                    settings=settings,
+                    device=self.device,
+                    on_epoch=on_epoch,
+                    quiet=self.quiet,
+                )
             except DivergedError as exc:
                 diverged = (int(exc.step), _one_line(exc))
-            except Exception as exc:  # noqa: BLE001 - only allocation failures are handled here
+            except Exception as exc:  # only allocation failures are handled here
                 if not is_out_of_memory(exc):
                     raise
                 oom = _one_line(exc)
@@ -465,8 +379,11 @@ class Objective:
             release_memory()
             half = settings.batch_size // 2
             if attempt == 1 or half < 2:
-                why = "after the retry at half the batch" if attempt else \
-                    f"and batch {settings.batch_size} cannot be halved (BatchNorm needs 2)"
+                why = (
+                    "after the retry at half the batch"
+                    if attempt
+                    else f"and batch {settings.batch_size} cannot be halved (BatchNorm needs 2)"
+                )
                 raise TrialOutOfMemoryError(f"out of memory {why}: {oom}")
             trial.set_user_attr("oom_retry_batch_size", half)
             trial.set_user_attr("oom_error", oom)
@@ -481,11 +398,9 @@ class Objective:
         return float(result.metrics["ap"])
 
 
-def _duplicate_grid_point(trial: Any) -> str | None:
+def _duplicate_grid_point(trial: optuna.Trial) -> str | None:
     """The reason to skip a grid point that another trial has finished or is running (a race
     between workers after the first pass over the grid), else ``None``."""
-    from optuna.trial import TrialState
-
     for other in trial.study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     ):

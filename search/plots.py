@@ -1,203 +1,515 @@
-"""Figures of a study and of a scaling validation, drawn with matplotlib's Agg backend (no
-display needed) into PNG files.
+"""The figures of effscale, drawn with matplotlib's Agg backend (no display needed) into PNG
+files; each function also returns the data it drew, so that callers and tests can check a figure
+against the trials.
 
-* :func:`plot_study`: AP against MACs (multiply-adds per image of each trial's φ=1 model) for
-  every trial, the feasible band (``target·(1 ± tolerance)`` times the φ=0 proxy's MACs) shaded,
-  the Pareto front (max AP, min MACs), the chosen trial and the exported family's projected costs.
+* :func:`plot_ap_vs_macs` (``ap_vs_macs.png`` of a report, ``study.png`` of an export): AP of
+  every feasible COMPLETE trial against the MACs (multiply-adds per image) of its φ=1 model, the
+  Pareto front (AP up, MACs down) as a step line, the feasible band in MACs (the cost-ratio band
+  times the proxy's MACs: exact for ``kind = "measured"``, approximate for the formula), the
+  infeasible trials (never scored, so they have no AP) as ticks along the bottom and, for an
+  export, the chosen trial and the family's members.
+* :func:`plot_coefficients` (``coefficients.png``): α×β, α×γ and β×γ maps coloured by AP (cells,
+  the best AP of each, where both axes are grid axes of a grid study; points otherwise),
+  infeasible points as grey crosses, the best trial ringed and the paper's point (α=1.2, β=1.1,
+  γ=1.15) starred.
 * :func:`plot_validation`: AP against MACs of the proxy scaled by each method at matched cost
   (the analogue of EfficientNet's Figure 8), and the proxy-rank fidelity scatter.
-
-Each function takes plain data (:class:`StudyPlotData`, records) so that it can be tested and
-reused; :func:`study_plot_data` gathers that data from a study's trials.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StudyPlotData", "study_plot_data", "pareto_numbers", "plot_study", "plot_validation"]
+import numpy as np
+
+from effscale.detector.complexity import count_complexity
+
+from .data import study_num_classes
+from .definition import StudyDefinition
+from .family import Family, build_configs, corner_points
+from .output import safe_child
+from .trials import (
+    infeasible_trials,
+    pareto_numbers,
+    scored_trials,
+    trial_ap,
+    trial_coordinates,
+    trial_macs,
+)
+
+__all__ = [
+    "PAPER",
+    "PLOT_FILES",
+    "CostPlot",
+    "CoefficientPlot",
+    "PlotFiles",
+    "proxy_macs",
+    "plot_ap_vs_macs",
+    "plot_coefficients",
+    "write_plots",
+    "plot_validation",
+]
+
+#: EfficientDet's scaling: compound coefficients and the BiFPN's growth per φ
+PAPER: dict[str, float] = {
+    "alpha": 1.2,  # depth
+    "beta": 1.1,  # width
+    "gamma": 1.15,  # resolution
+    "width_growth": 1.35,  # BiFPN channels ×1.35 per φ
+    "depth_step": 1.0,  # BiFPN cells +1 per φ
+}
+#: plot name -> file name (the report's plots)
+PLOT_FILES = {"ap_vs_macs": "ap_vs_macs.png", "coefficients": "coefficients.png"}
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def proxy_macs(definition: StudyDefinition) -> int | None:
+    """Multiply-adds per image of the study's proxy (its φ=0 model), or ``None`` when the number
+    of classes cannot be known without the data."""
+    try:
+        classes = study_num_classes(definition)
+    except (OSError, ValueError):
+        return None
+    point = corner_points(definition.space, definition.constraint)[0]
+    phi0, _ = build_configs(definition.base, point, num_classes=classes)
+    return int(count_complexity(phi0).macs)
 
 
 @dataclass(frozen=True)
-class StudyPlotData:
-    """What :func:`plot_study` draws. MACs are in GMACs (1e9 multiply-adds per image), AP in
-    [0, 1].
+class CostPlot:
+    """What :func:`plot_ap_vs_macs` drew. ``numbers``, ``macs`` (multiply-adds per image of the
+    φ=1 model) and ``ap`` are the feasible COMPLETE trials, in trial order; ``front`` the
+    numbers on the Pareto front (AP up, MACs down); ``infeasible_numbers`` and
+    ``infeasible_macs`` the ticks of infeasible trials; ``band_macs`` the feasible band in MACs
+    (``None`` when the proxy's MACs are unknown), ``proxy_macs`` the proxy's MACs and
+    ``band_exact`` whether the band is exact (measured constraint) rather than the formula's
+    approximation; ``chosen`` the exported trial and ``family`` the exported members as (name,
+    MACs) pairs, for an export. ``figure`` is the matplotlib figure when one was drawn."""
 
-    ``points``: (trial number, GMACs, AP) of feasible COMPLETE trials; ``infeasible``: (trial
-    number, GMACs) of trials outside the cost band (never trained); ``pareto``: trial numbers on
-    the front; ``chosen``: the exported trial; ``proxy_gmacs``: the φ=0 proxy's cost; ``band``:
-    the feasible GMACs range; ``family``: (member name, GMACs) of the exported members.
-    """
-
-    title: str
-    points: tuple[tuple[int, float, float], ...]
-    infeasible: tuple[tuple[int, float], ...]
-    pareto: tuple[int, ...]
-    chosen: int | None
-    proxy_gmacs: float
-    band: tuple[float, float]
+    numbers: tuple[int, ...]
+    macs: tuple[float, ...]
+    ap: tuple[float, ...]
+    front: tuple[int, ...]
+    infeasible_numbers: tuple[int, ...]
+    infeasible_macs: tuple[float, ...]
+    band_macs: tuple[float, float] | None
+    band_exact: bool
+    proxy_macs: int | None = None
+    chosen: int | None = None
     family: tuple[tuple[str, float], ...] = ()
-    constraint_kind: str = "formula"
+    figure: Any = field(default=None, compare=False, repr=False)
 
 
-def pareto_numbers(points: Sequence[tuple[int, float, float]]) -> tuple[int, ...]:
-    """Numbers of the (number, cost, AP) points not dominated in (min cost, max AP), by number."""
-    front = []
-    for number, cost, ap in points:
-        dominated = any(c <= cost and a >= ap and (c < cost or a > ap)
-                        for n, c, a in points if n != number)
-        if not dominated:
-            front.append(number)
-    return tuple(sorted(front))
+@dataclass(frozen=True)
+class CoefficientPlot:
+    """What :func:`plot_coefficients` drew: the feasible COMPLETE trials' ``numbers`` with
+    their ``alpha``, ``beta``, ``gamma`` and ``ap``; the infeasible trials' numbers and
+    coordinates (``infeasible``: (α, β, γ) per trial); the ringed ``best`` trial; ``cells`` the
+    maps drawn as cell grids, e.g. ``(("alpha", "beta"),)`` (both axes are grid axes of a grid
+    study), the others being points; ``figure`` the matplotlib figure when one was drawn."""
+
+    numbers: tuple[int, ...]
+    alpha: tuple[float, ...]
+    beta: tuple[float, ...]
+    gamma: tuple[float, ...]
+    ap: tuple[float, ...]
+    infeasible_numbers: tuple[int, ...]
+    infeasible: tuple[tuple[float, float, float], ...]
+    best: int | None
+    cells: tuple[tuple[str, str], ...]
+    figure: Any = field(default=None, compare=False, repr=False)
 
 
-def study_plot_data(definition: Any, trials: Sequence[Any], *, chosen: Any = None,
-                    family: Any = None, num_classes: int = 90) -> StudyPlotData:
-    """Gather :class:`StudyPlotData` from a study's ``trials`` (Optuna ``FrozenTrial``).
+#: the coefficient maps, (x, y) each
+_PANELS = (("alpha", "beta"), ("alpha", "gamma"), ("beta", "gamma"))
 
-    Trial cost is the ``macs`` user attr (the φ=1 model). The band is the constraint's
-    ``target·(1 ± tolerance)`` applied to the proxy's measured MACs; for ``kind = "formula"``
-    the search gated on the formula ratio, so measured costs may lie outside it.
-    """
-    from detector.complexity import count_complexity
-    from search.objective import build_configs
-    from search.space import CandidatePoint
 
-    points, infeasible = [], []
-    for t in trials:
-        macs = t.user_attrs.get("macs")
-        if macs is None:
-            continue
-        gmacs = float(macs) / 1e9
-        if t.user_attrs.get("feasible") is False:
-            infeasible.append((t.number, gmacs))
-        elif t.state.name == "COMPLETE" and t.values and math.isfinite(t.values[0]):
-            points.append((t.number, gmacs, float(t.values[0])))
-    point = chosen.point if chosen is not None else CandidatePoint(
-        alpha=1.2, beta=1.1, gamma=1.15, width_growth=1.35, depth_step=1.0,
-        fusion=definition.base.fusion)
-    proxy = build_configs(definition.base, point, num_classes=num_classes)[0]
-    proxy_gmacs = count_complexity(proxy).macs / 1e9
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_ap_vs_macs(
+    definition: StudyDefinition,
+    trials: Sequence[Any],
+    *,
+    path: str | Path | None = None,
+    chosen: int | None = None,
+    family: Family | None = None,
+) -> CostPlot:
+    """Draw AP against φ=1 MACs (see the module docstring); saves a PNG to ``path`` when given.
+    ``chosen`` (a trial number) is starred and ``family``'s members are drawn as cost lines, for
+    an export. Returns the plotted data."""
+    scored = [t for t in scored_trials(trials) if trial_macs(t) is not None]
+    points = [(t.number, float(trial_ap(t) or 0.0), float(trial_macs(t) or 0.0)) for t in scored]
+    front = pareto_numbers([(n, macs, ap) for n, ap, macs in points])
+    infeasible = [t for t in infeasible_trials(trials) if trial_macs(t) is not None]
     low, high = definition.constraint.band()
-    members = () if family is None else tuple((m.name, m.gmacs) for m in family.members)
-    return StudyPlotData(
-        title=f"{definition.study.name}: AP vs MACs of the φ=1 models",
-        points=tuple(points), infeasible=tuple(infeasible), pareto=pareto_numbers(points),
-        chosen=None if chosen is None else chosen.number, proxy_gmacs=proxy_gmacs,
-        band=(low * proxy_gmacs, high * proxy_gmacs), family=members,
-        constraint_kind=definition.constraint.kind,
+    base = proxy_macs(definition)
+    band = None if base is None else (base * low, base * high)
+    members = (
+        () if family is None else tuple((m.name, float(m.complexity.macs)) for m in family.members)
+    )
+    data = CostPlot(
+        numbers=tuple(p[0] for p in points),
+        macs=tuple(p[2] for p in points),
+        ap=tuple(p[1] for p in points),
+        front=front,
+        infeasible_numbers=tuple(t.number for t in infeasible),
+        infeasible_macs=tuple(float(trial_macs(t) or 0.0) for t in infeasible),
+        band_macs=band,
+        band_exact=definition.constraint.kind == "measured",
+        proxy_macs=base,
+        chosen=chosen,
+        family=members,
+    )
+    if path is None:
+        return data
+
+    from matplotlib.transforms import blended_transform_factory
+
+    figure = _figure(9.5, 4.6)
+    ax = figure.add_subplot()
+    edge = blended_transform_factory(ax.transData, ax.transAxes)
+    if band is not None:
+        label = (
+            "feasible band"
+            if data.band_exact
+            else f"cost-ratio band [{low:.3g}, {high:.3g}] × proxy MACs (approximate)"
+        )
+        ax.axvspan(
+            band[0] / 1e9, band[1] / 1e9, color="tab:green", alpha=0.12, label=label, gid="band"
+        )
+    if points:
+        ax.scatter(
+            [m / 1e9 for m in data.macs],
+            data.ap,
+            s=28,
+            color="tab:blue",
+            label=f"feasible trials ({len(points)})",
+            zorder=3,
+            gid="feasible",
+        )
+        on_front = sorted((p for p in points if p[0] in front), key=lambda p: p[2])
+        ax.step(
+            [p[2] / 1e9 for p in on_front],
+            [p[1] for p in on_front],
+            where="post",
+            color="tab:red",
+            linewidth=1.5,
+            zorder=2,
+        )
+        ax.scatter(
+            [p[2] / 1e9 for p in on_front],
+            [p[1] for p in on_front],
+            s=60,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.5,
+            zorder=4,
+            label=f"Pareto front ({len(on_front)})",
+            gid="front",
+        )
+        for number, ap, macs in on_front:
+            ax.annotate(
+                f"#{number}",
+                (macs / 1e9, ap),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color="tab:red",
+            )
+        star = [(m, a) for n, a, m in points if n == chosen]
+        if star:
+            ax.scatter(
+                [star[0][0] / 1e9],
+                [star[0][1]],
+                s=180,
+                marker="*",
+                color="tab:orange",
+                edgecolors="k",
+                linewidths=0.5,
+                zorder=5,
+                label=f"exported trial #{chosen}",
+                gid="chosen",
+            )
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no feasible trial has completed yet",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
+    if infeasible:
+        ax.scatter(
+            [m / 1e9 for m in data.infeasible_macs],
+            [0.02] * len(infeasible),
+            marker="|",
+            s=120,
+            color="0.55",
+            transform=edge,
+            zorder=3,
+            label=f"infeasible, not scored ({len(infeasible)})",
+            gid="infeasible",
+        )
+    for name, macs in members:
+        ax.axvline(macs / 1e9, color="tab:purple", lw=0.8, ls="--", alpha=0.7)
+        ax.text(
+            macs / 1e9,
+            0.98,
+            name,
+            transform=edge,
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="tab:purple",
+        )
+    if members:
+        ax.plot([], [], color="tab:purple", ls="--", label="exported family (cost only)")
+        ax.set_xscale("log")
+    xs = [m / 1e9 for m in (*data.macs, *data.infeasible_macs, *(band or ()))]
+    xs += [m / 1e9 for _, m in members]
+    if xs and not members:  # the ticks are drawn in axes coordinates, which autoscaling ignores
+        pad = 0.04 * (max(xs) - min(xs)) or 0.05 * max(xs) or 1.0
+        ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    elif xs:
+        ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
+    ax.set_xlabel("GMACs per image of the φ=1 model (multiply-adds / 1e9)")
+    ax.set_ylabel("AP" if definition.objective.kind == "train" else "AP (surrogate)")
+    ax.set_title(f"{definition.study.name}: AP against cost")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.savefig(path)
+    return replace(data, figure=figure)
+
+
+def _cell_edges(values: Sequence[float]) -> list[float]:
+    centers = sorted(set(values))
+    if len(centers) == 1:
+        return [centers[0] - 0.01, centers[0] + 0.01]
+    mids = [(a + b) / 2 for a, b in zip(centers, centers[1:])]
+    return [centers[0] - (mids[0] - centers[0]), *mids, centers[-1] + (centers[-1] - mids[-1])]
+
+
+def _cells(
+    ax: Any, xs: Sequence[float], ys: Sequence[float], aps: Sequence[float], norm: Any
+) -> Any:
+    cx, cy = sorted(set(xs)), sorted(set(ys))
+    grid = np.full((len(cy), len(cx)), np.nan)
+    for x, y, ap in zip(xs, ys, aps):
+        i, j = cy.index(y), cx.index(x)
+        grid[i, j] = ap if np.isnan(grid[i, j]) else max(grid[i, j], ap)
+    return ax.pcolormesh(
+        _cell_edges(xs),
+        _cell_edges(ys),
+        np.ma.masked_invalid(grid),
+        cmap="viridis",
+        norm=norm,
+        shading="flat",
+        gid="cells",
     )
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def plot_coefficients(
+    definition: StudyDefinition, trials: Sequence[Any], *, path: str | Path | None = None
+) -> CoefficientPlot:
+    """Draw the α×β, α×γ and β×γ maps coloured by AP (see the module docstring); saves a PNG to
+    ``path`` when given. Returns the plotted data."""
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    def coords(trial: Any) -> tuple[float, float, float] | None:
+        c = trial_coordinates(trial)
+        values = tuple(_finite(c[k]) for k in ("alpha", "beta", "gamma"))
+        if values[0] is None or values[1] is None or values[2] is None:
+            return None
+        return values[0], values[1], values[2]
 
-    return plt
+    def with_coords(chosen: Sequence[Any]) -> list[tuple[Any, tuple[float, float, float]]]:
+        pairs = [(t, coords(t)) for t in chosen]
+        return [(t, c) for t, c in pairs if c is not None]
 
+    scored = with_coords(scored_trials(trials))
+    infeasible = with_coords(infeasible_trials(trials))
+    best = max(scored, key=lambda tc: (trial_ap(tc[0]), -tc[0].number), default=None)
+    axes = set(definition.grid()) if definition.study.sampler == "grid" else set()
+    cells = tuple(pair for pair in _PANELS if scored and set(pair) <= axes)
+    data = CoefficientPlot(
+        numbers=tuple(t.number for t, _ in scored),
+        alpha=tuple(c[0] for _, c in scored),
+        beta=tuple(c[1] for _, c in scored),
+        gamma=tuple(c[2] for _, c in scored),
+        ap=tuple(trial_ap(t) or 0.0 for t, _ in scored),
+        infeasible_numbers=tuple(t.number for t, _ in infeasible),
+        infeasible=tuple(c for _, c in infeasible),
+        best=None if best is None else best[0].number,
+        cells=cells,
+    )
+    if path is None:
+        return data
 
-def plot_study(path: str | Path, data: StudyPlotData) -> Path:
-    """Draw ``data`` into the PNG file ``path`` (log MACs axis); returns the path."""
-    plt = _pyplot()
-    from matplotlib.transforms import blended_transform_factory
+    from matplotlib.colors import Normalize
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    try:
-        ax.set_xscale("log")
-        ax.axvspan(*data.band, color="tab:green", alpha=0.15,
-                   label=f"feasible band ({data.constraint_kind} target ± tolerance × φ=0 MACs)")
-        ax.axvline(data.proxy_gmacs, color="tab:green", lw=1, ls=":", label="φ=0 proxy")
-        if data.points:
-            numbers, gmacs, aps = zip(*data.points)
-            ax.scatter(gmacs, aps, s=22, color="tab:blue", alpha=0.8, label="complete trials")
-        front = sorted((g, a) for n, g, a in data.points if n in data.pareto)
-        if front:
-            ax.plot(*zip(*front), color="tab:orange", lw=1.5, marker="o", ms=4,
-                    label="Pareto front")
-        chosen = [(g, a) for n, g, a in data.points if n == data.chosen]
-        if chosen:
-            ax.scatter(*zip(*chosen), s=160, marker="*", color="tab:red", zorder=5,
-                       label=f"exported trial #{data.chosen}")
-        ymin = min((a for _, _, a in data.points), default=0.0)
-        ymax = max((a for _, _, a in data.points), default=1.0)
-        pad = max((ymax - ymin) * 0.15, ymax * 0.05, 1e-4)
-        ax.set_ylim(max(0.0, ymin - pad), min(1.0, ymax + pad))
-        edge = blended_transform_factory(ax.transData, ax.transAxes)
+    figure = _figure(13.0, 4.3)
+    panels = figure.subplots(1, 3)
+    norm = Normalize(min(data.ap), max(data.ap)) if data.ap else Normalize(0, 1)
+    names = {"alpha": "α (depth)", "beta": "β (width)", "gamma": "γ (resolution)"}
+    columns = {"alpha": data.alpha, "beta": data.beta, "gamma": data.gamma}
+    index = {"alpha": 0, "beta": 1, "gamma": 2}
+    mappable = None
+    for ax, (x, y) in zip(panels, _PANELS):
         if data.infeasible:
-            xs = [g for _, g in data.infeasible]
-            ax.scatter(xs, [0.02] * len(xs), transform=edge, marker="x", color="tab:gray",
-                       s=18, label="infeasible (not trained)")
-        for name, gmacs in data.family:
-            ax.axvline(gmacs, color="tab:purple", lw=0.8, ls="--", alpha=0.7)
-            ax.text(gmacs, 0.98, name, transform=edge, rotation=90, va="top", ha="right",
-                    fontsize=7, color="tab:purple")
-        if data.family:
-            ax.plot([], [], color="tab:purple", ls="--", label="exported family (cost only)")
-        xs = ([g for _, g, _ in data.points] + [g for _, g in data.infeasible]
-              + [g for _, g in data.family] + list(data.band) + [data.proxy_gmacs])
-        ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
-        ax.set_xlabel("GMACs per image (multiply-adds / 1e9)")
-        ax.set_ylabel("AP (COCO, φ=1 proxy)")
-        ax.set_title(data.title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-    return path
+            ax.scatter(
+                [c[index[x]] for c in data.infeasible],
+                [c[index[y]] for c in data.infeasible],
+                marker="x",
+                s=18,
+                color="0.6",
+                label=f"infeasible ({len(data.infeasible)})",
+                zorder=2,
+                gid="infeasible",
+            )
+        if data.numbers:
+            if (x, y) in cells:
+                mappable = _cells(ax, columns[x], columns[y], data.ap, norm)
+            else:
+                mappable = ax.scatter(
+                    columns[x],
+                    columns[y],
+                    c=data.ap,
+                    cmap="viridis",
+                    norm=norm,
+                    s=34,
+                    edgecolors="k",
+                    linewidths=0.3,
+                    label=f"feasible ({len(data.numbers)})",
+                    zorder=3,
+                    gid="feasible",
+                )
+        if best is not None:
+            ax.scatter(
+                [best[1][index[x]]],
+                [best[1][index[y]]],
+                s=150,
+                facecolors="none",
+                edgecolors="tab:red",
+                linewidths=1.8,
+                zorder=4,
+                label=f"best #{best[0].number}",
+                gid="best",
+            )
+        ax.scatter(
+            [PAPER[x]],
+            [PAPER[y]],
+            marker="*",
+            s=160,
+            color="tab:orange",
+            edgecolors="k",
+            linewidths=0.5,
+            zorder=5,
+            label="paper",
+        )
+        ax.set_xlabel(names[x])
+        ax.set_ylabel(names[y])
+        ax.grid(alpha=0.3)
+    panels[0].legend(fontsize=7, loc="best")
+    if mappable is not None:
+        figure.colorbar(mappable, ax=panels, label="AP", shrink=0.9)
+    else:
+        panels[1].set_title("no feasible trial has completed yet", fontsize=9, color="0.4")
+    figure.suptitle(f"{definition.study.name}: coefficients coloured by AP")
+    figure.savefig(path)
+    return replace(data, figure=figure)
 
 
-def plot_validation(path: str | Path, rows: Sequence[dict[str, Any]],
-                    fidelity: Sequence[dict[str, Any]], *, rho: float | None, phi: float,
-                    title: str) -> Path:
+@dataclass(frozen=True)
+class PlotFiles:
+    """The PNGs :func:`write_plots` wrote (plot name -> path) and the data of each plot."""
+
+    paths: dict[str, Path]
+    cost: CostPlot
+    coefficients: CoefficientPlot
+
+
+def write_plots(
+    definition: StudyDefinition, trials: Sequence[Any], *, out: str | Path
+) -> PlotFiles:
+    """Write :data:`PLOT_FILES` into the existing folder ``out``."""
+    out = Path(out)
+    paths = {name: safe_child(out, file) for name, file in PLOT_FILES.items()}
+    cost = plot_ap_vs_macs(definition, trials, path=paths["ap_vs_macs"])
+    coefficients = plot_coefficients(definition, trials, path=paths["coefficients"])
+    return PlotFiles(paths=paths, cost=cost, coefficients=coefficients)
+
+
+def plot_validation(
+    path: str | Path,
+    rows: Sequence[dict[str, Any]],
+    fidelity: Sequence[dict[str, Any]],
+    *,
+    rho: float | None,
+    phi: float,
+    title: str,
+) -> Path:
     """Two panels into the PNG ``path``: AP against GMACs per scaling method (``rows`` with
     ``method``, ``gmacs``, ``ap``), and retrained AP at φ against search AP at φ=1 for the top-k
     trials (``fidelity`` rows with ``trial``, ``search_ap``, ``ap``), titled with Spearman ρ."""
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
-    try:
-        for row in rows:
-            ap = row.get("ap")
-            if ap is None or not math.isfinite(ap):
-                continue
-            marker = "*" if row["method"] == "found" else "o"
-            matched = row.get("matched", True)
-            points = left.scatter([row["gmacs"]], [ap], s=150 if marker == "*" else 50,
-                                  marker=marker, zorder=3)
-            if not matched:  # hollow: its MACs missed the ±5% band
-                points.set_facecolor("none")
-                points.set_edgecolor(f"C{len(left.collections) - 1}")
-            label = row["method"] if matched else f"{row['method']} (MACs x{row['macs_ratio']:.2f})"
-            left.annotate(label, (row["gmacs"], ap), textcoords="offset points",
-                          xytext=(5, 4), fontsize=8)
-        left.set_xlabel("GMACs per image (multiply-adds / 1e9)")
-        left.set_ylabel(f"AP after training at φ = {phi:g}")
-        left.set_title("scaling methods at matched MACs", fontsize=10)
-        left.grid(True, alpha=0.3)
-        pts = [(r["search_ap"], r["ap"], r["trial"]) for r in fidelity
-               if r.get("ap") is not None and r.get("search_ap") is not None]
-        for search_ap, ap, number in pts:
-            right.scatter([search_ap], [ap], color="tab:blue")
-            right.annotate(f"#{number}", (search_ap, ap), textcoords="offset points",
-                           xytext=(4, 3), fontsize=8)
-        right.set_xlabel("AP in the search (φ = 1)")
-        right.set_ylabel(f"AP retrained at φ = {phi:g}")
-        rho_text = "undefined" if rho is None else f"{rho:.3f}"
-        right.set_title(f"proxy-rank fidelity: Spearman ρ = {rho_text} (top {len(fidelity)})",
-                        fontsize=10)
-        right.grid(True, alpha=0.3)
-        fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
+    fig = _figure(11.0, 4.5)
+    left, right = fig.subplots(1, 2)
+    for row in rows:
+        ap = row.get("ap")
+        if ap is None or not math.isfinite(ap):
+            continue
+        marker = "*" if row["method"] == "found" else "o"
+        matched = row.get("matched", True)
+        points = left.scatter(
+            [row["gmacs"]], [ap], s=150 if marker == "*" else 50, marker=marker, zorder=3
+        )
+        if not matched:  # hollow: its MACs missed the ±5% band
+            points.set_facecolor("none")
+            points.set_edgecolor(f"C{len(left.collections) - 1}")
+        label = row["method"] if matched else f"{row['method']} (MACs x{row['macs_ratio']:.2f})"
+        left.annotate(
+            label, (row["gmacs"], ap), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
+    left.set_xlabel("GMACs per image (multiply-adds / 1e9)")
+    left.set_ylabel(f"AP after training at φ = {phi:g}")
+    left.set_title("scaling methods at matched MACs", fontsize=10)
+    left.grid(True, alpha=0.3)
+    pts = [
+        (r["search_ap"], r["ap"], r["trial"])
+        for r in fidelity
+        if r.get("ap") is not None and r.get("search_ap") is not None
+    ]
+    for search_ap, ap, number in pts:
+        right.scatter([search_ap], [ap], color="tab:blue")
+        right.annotate(
+            f"#{number}", (search_ap, ap), textcoords="offset points", xytext=(4, 3), fontsize=8
+        )
+    right.set_xlabel("AP in the search (φ = 1)")
+    right.set_ylabel(f"AP retrained at φ = {phi:g}")
+    rho_text = "undefined" if rho is None else f"{rho:.3f}"
+    right.set_title(
+        f"proxy-rank fidelity: Spearman ρ = {rho_text} (top {len(fidelity)})", fontsize=10
+    )
+    right.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    path = Path(path)
+    fig.savefig(path, format="png")
     return path

@@ -26,9 +26,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
-from detector.scaling import compound_cost_ratio
+from effscale.detector.scaling import compound_cost_ratio
+
+from .errors import ParameterError
 
 __all__ = [
     "CONSTRAINT_KINDS",
@@ -86,7 +88,7 @@ class Fixed:
     value: Any
 
 
-Param = Union[Range, Choices, Fixed]
+Param = Range | Choices | Fixed
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,9 @@ class SampledPoint:
 
     def candidate(self) -> CandidatePoint:
         """The point without its cost."""
-        return CandidatePoint(self.alpha, self.beta, self.gamma, self.width_growth,
-                              self.depth_step, self.fusion)
+        return CandidatePoint(
+            self.alpha, self.beta, self.gamma, self.width_growth, self.depth_step, self.fusion
+        )
 
 
 CostFunction = Callable[[CandidatePoint], float]
@@ -185,7 +188,11 @@ def _suggest_one(trial: Any, name: str, param: Param) -> Any:
 
 
 def solve_gamma(
-    ratio_of: Callable[[float], float], *, target: float, low: float, high: float,
+    ratio_of: Callable[[float], float],
+    *,
+    target: float,
+    low: float,
+    high: float,
     tolerance: float = GAMMA_TOLERANCE,
 ) -> float:
     """The gamma in ``[low, high]`` whose ratio is closest to ``target``, by bisection.
@@ -220,10 +227,10 @@ def suggest(
 
     ``measured_ratio`` gives the MACs ratio φ=1 / φ=0 of a candidate; it is required when
     ``constraint.kind == "measured"`` and unused otherwise. Nothing is written to the trial
-    besides its parameters: the caller decides what to record (see :mod:`search.objective`).
+    besides its parameters: the caller decides what to record (see :mod:`.objective`).
     """
     if constraint.kind == "measured" and measured_ratio is None:
-        raise ValueError("suggest: constraint.kind = \"measured\" needs measured_ratio=")
+        raise ValueError('suggest: constraint.kind = "measured" needs measured_ratio=')
     alpha = float(_suggest_one(trial, "alpha", space.alpha))
     beta = float(_suggest_one(trial, "beta", space.beta))
     width_growth = float(_suggest_one(trial, "width_growth", space.width_growth))
@@ -233,19 +240,23 @@ def suggest(
     def ratio_at(gamma: float) -> float:
         if constraint.kind == "formula":
             return compound_cost_ratio(alpha, beta, gamma)
-        return float(measured_ratio(  # type: ignore[misc]
-            CandidatePoint(alpha, beta, gamma, width_growth, depth_step, fusion)))
+        return float(
+            measured_ratio(  # type: ignore[misc]
+                CandidatePoint(alpha, beta, gamma, width_growth, depth_step, fusion)
+            )
+        )
 
     if constraint.mode == "solve":
         bounds = space.gamma
         if not isinstance(bounds, Range):
-            raise ValueError("space.gamma: mode = \"solve\" needs gamma bounds as {low, high}")
+            raise ValueError('space.gamma: mode = "solve" needs gamma bounds as {low, high}')
         if constraint.kind == "formula":
             exact = math.sqrt(constraint.target / (alpha * beta**2))
             gamma = min(max(exact, bounds.low), bounds.high)
         else:
-            gamma = solve_gamma(ratio_at, target=constraint.target, low=bounds.low,
-                                high=bounds.high)
+            gamma = solve_gamma(
+                ratio_at, target=constraint.target, low=bounds.low, high=bounds.high
+            )
         derived = True
     else:
         gamma = float(_suggest_one(trial, "gamma", space.gamma))
@@ -253,9 +264,16 @@ def suggest(
     ratio = ratio_at(gamma)
     violation = constraint.violation(ratio)
     return SampledPoint(
-        alpha=alpha, beta=beta, gamma=float(gamma), width_growth=width_growth,
-        depth_step=depth_step, fusion=fusion, ratio=float(ratio), feasible=violation <= 0,
-        violation=float(violation), gamma_derived=derived,
+        alpha=alpha,
+        beta=beta,
+        gamma=float(gamma),
+        width_growth=width_growth,
+        depth_step=depth_step,
+        fusion=fusion,
+        ratio=float(ratio),
+        feasible=violation <= 0,
+        violation=float(violation),
+        gamma_derived=derived,
     )
 
 
@@ -282,9 +300,10 @@ def grid_search_space(space: SearchSpace, constraint: CostConstraint) -> dict[st
         try:
             axis = _axis(space.param(name))
         except ValueError:
-            raise ValueError(
-                f"space.{name}: sampler = \"grid\" needs a list or a range with step; "
-                f"write {name} = [..] or add step = .."
+            raise ParameterError(
+                f"space.{name}",
+                'sampler = "grid" needs a list or a range with step',
+                f"write {name} = [..] or add step = ..",
             ) from None
         if axis is not None:
             axes[name] = axis

@@ -1,5 +1,5 @@
-"""Study files: a TOML file describing one scaling search, read into a frozen
-:class:`StudyDefinition`.
+"""Study files: a TOML file describing one scaling search, read into a
+:class:`~.definition.StudyDefinition`.
 
 Every key is checked before anything touches a storage: unknown keys, wrong types, empty ranges,
 coefficients below 1 and missing data are errors of one line that name the key and the fix,
@@ -28,18 +28,38 @@ Sections (see ``studies/*.toml`` for commented examples)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector.config import FUSION_METHODS, PRESET_NAMES, preset
-from detector.scaling import PHI_RANGE, BifpnRule
-from search.space import (
+from effscale.detector.config import FUSION_METHODS, PRESET_NAMES, preset
+from effscale.detector.scaling import PHI_RANGE, BifpnRule
+
+from .definition import (
+    BACKENDS,
+    CACHES,
+    COMPILE_MODES,
+    DEVICES,
+    OBJECTIVE_KINDS,
+    OPTIMIZERS,
+    PRUNER_OPTIONS,
+    SAMPLERS,
+    SPEED_KEYS,
+    BaseSection,
+    DataSection,
+    ExecutionSection,
+    GenerateSpec,
+    ObjectiveSection,
+    PrunerSection,
+    StudyDefinition,
+    StudySection,
+    TrainSection,
+    check_definition,
+)
+from .errors import ParameterError
+from .family import check_buildable
+from .space import (
     CONSTRAINT_KINDS,
     CONSTRAINT_MODES,
     Choices,
@@ -48,75 +68,36 @@ from search.space import (
     Param,
     Range,
     SearchSpace,
-    grid_search_space,
-    grid_size,
 )
-from search.storage import default_storage_url
-from search.surrogate import SurrogateConstants
+from .surrogate import SurrogateConstants
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = [
-    "SAMPLERS",
-    "OBJECTIVE_NAMES",
-    "PRUNER_OPTIONS",
-    "StudyFileError",
-    "StudySection",
-    "BaseSection",
-    "GenerateSpec",
-    "DataSection",
-    "TrainSection",
-    "PrunerSection",
-    "ObjectiveSection",
-    "ExecutionSection",
-    "StudyDefinition",
-    "load_study_file",
-    "parse_study_text",
-]
-
-SAMPLERS = ("tpe", "grid", "gp", "nsga2", "random")
-OBJECTIVE_NAMES = ("ap", "macs")
-OBJECTIVE_KINDS = ("train", "surrogate")
-BACKENDS = ("optuna", "ray")
-DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("sgd", "adamw")
-#: each pruner kind and its options (name -> allowed python types)
-PRUNER_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
-    "none": {},
-    "median": {"n_startup_trials": (int,), "n_warmup_steps": (int,), "interval_steps": (int,)},
-    "hyperband": {"min_resource": (int,), "max_resource": (int, str), "reduction_factor": (int,)},
-    "successive_halving": {"min_resource": (int, str), "reduction_factor": (int,),
-                           "min_early_stopping_rate": (int,)},
-}
-#: sections whose change makes an existing study's trials incomparable (see fingerprint())
-_SEARCH_SECTIONS = ("base", "space", "constraint", "objective", "data", "train")
-#: ``[train]`` keys that change a trial's speed, not its meaning (not in the fingerprint)
-SPEED_KEYS = ("cache", "cuda_graph", "compile", "channels_last", "fused_optimizer",
-              "check_every")
-#: ``[train] cache`` values and ``[train] compile`` values
-CACHES = ("auto", "device", "off")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune",
-                 "max-autotune-no-cudagraphs")
+__all__ = ["StudyFileError", "load_study_file", "parse_study_text"]
 
 
 class StudyFileError(ValueError):
     """A study file problem; the message is one line naming the file, the key and the fix."""
 
 
-class _KeyError(ValueError):
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"{key}: {problem}; {fix}")
+_KeyError = ParameterError
 
 
 _MISSING = object()
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
-            dict: "table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
 
 
 def _is_int(value: Any) -> bool:
@@ -124,8 +105,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Table:
@@ -133,12 +113,18 @@ class _Table:
 
     def __init__(self, data: Any, where: str, allowed: tuple[str, ...]) -> None:
         if not isinstance(data, dict):
-            raise _KeyError(where, f"must be a table, got {_type_name(data)}",
-                            f"write [{where}] followed by key = value lines")
+            raise _KeyError(
+                where,
+                f"must be a table, got {_type_name(data)}",
+                f"write [{where}] followed by key = value lines",
+            )
         unknown = sorted(set(data) - set(allowed))
         if unknown:
-            raise _KeyError(self._join(where, unknown[0]), "unknown key",
-                            f"allowed keys are {', '.join(allowed)}")
+            raise _KeyError(
+                self._join(where, unknown[0]),
+                "unknown key",
+                f"allowed keys are {', '.join(allowed)}",
+            )
         self.data = data
         self.where = where
 
@@ -159,18 +145,23 @@ class _Table:
             raise _KeyError(self.key(name), "missing", f"add {name} = ... to [{self.where}]")
         return default
 
-    def int(self, name: str, default: Any = _MISSING, *, low: int | None = None,
-            high: int | None = None) -> Any:
+    def int(
+        self, name: str, default: Any = _MISSING, *, low: int | None = None, high: int | None = None
+    ) -> Any:
         value = self.raw(name, default)
         if value is default and default is not _MISSING:
             return value
         if not _is_int(value):
-            raise _KeyError(self.key(name), f"must be an integer, got {value!r} "
-                            f"({_type_name(value)})", f"write {name} = {low if low else 1}")
+            raise _KeyError(
+                self.key(name),
+                f"must be an integer, got {value!r} ({_type_name(value)})",
+                f"write {name} = {low if low else 1}",
+            )
         if low is not None and value < low or high is not None and value > high:
             bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise _KeyError(self.key(name), f"must be {bounds}, got {value}",
-                            f"set {name} to a value {bounds}")
+            raise _KeyError(
+                self.key(name), f"must be {bounds}, got {value}", f"set {name} to a value {bounds}"
+            )
         return value
 
     def number(self, name: str, default: Any = _MISSING) -> Any:
@@ -178,8 +169,11 @@ class _Table:
         if value is default and default is not _MISSING:
             return value
         if not _is_number(value):
-            raise _KeyError(self.key(name), f"must be a number, got {value!r} "
-                            f"({_type_name(value)})", f"write {name} = 1.0")
+            raise _KeyError(
+                self.key(name),
+                f"must be a number, got {value!r} ({_type_name(value)})",
+                f"write {name} = 1.0",
+            )
         return float(value)
 
     def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
@@ -187,208 +181,15 @@ class _Table:
         if value is default and default is not _MISSING:
             return value
         if value not in choices:
-            raise _KeyError(self.key(name), f"unknown value {value!r}",
-                            f"choose one of {', '.join(choices)}")
+            raise _KeyError(
+                self.key(name), f"unknown value {value!r}", f"choose one of {', '.join(choices)}"
+            )
         return value
 
-    def table(self, name: str, allowed: tuple[str, ...]) -> "_Table | None":
+    def table(self, name: str, allowed: tuple[str, ...]) -> _Table | None:
         if name not in self.data:
             return None
         return _Table(self.data[name], self.key(name), allowed)
-
-
-@dataclass(frozen=True)
-class StudySection:
-    """``[study]``: the study's ``name``, ``storage`` URL (``None``: the default file next to the
-    study file), ``sampler``, ``seed``, ``n_trials`` (finished trials wanted; ``None`` for a grid:
-    all points) and ``objectives`` (``("ap",)`` or ``("ap", "macs")``)."""
-
-    name: str
-    storage: str | None
-    sampler: str = "tpe"
-    seed: int | None = None
-    n_trials: int | None = None
-    objectives: tuple[str, ...] = ("ap",)
-
-
-@dataclass(frozen=True)
-class BaseSection:
-    """``[base]``: the model the proxy is made from, and how far it is scaled down.
-
-    The proxy (the search's φ=0 model) is the base scaled to ``phi_proxy`` with the paper's
-    rules (coefficients 1.2/1.1/1.15, BiFPN width ×1.35 and +1 cell per φ), with ``resolution``
-    (pixels) overriding its input side. It is the same for every trial; the φ=1 model grows from
-    it by the trial's multipliers. ``backbone_width``/``backbone_depth`` are multipliers over B0,
-    ``resolution_base`` is in pixels, ``num_classes`` ``None`` means "from the data".
-    """
-
-    preset: str | None
-    backbone_width: float
-    backbone_depth: float
-    bifpn: BifpnRule
-    resolution_base: int
-    phi_proxy: float
-    resolution: int | None = None
-    num_classes: int | None = None
-    fusion: str = "fastattn"
-
-
-@dataclass(frozen=True)
-class GenerateSpec:
-    """``[data] generate``: synthetic COCO data (``detector.data.synthetic``) made on first use:
-    counts of images, the seed, the image side in pixels and the number of shape classes."""
-
-    train: int
-    val: int
-    seed: int = 0
-    image_size: int = 96
-    num_classes: int = 6
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """``[data]``: a COCO folder ``dir`` (absolute) or ``generate``; ``subset_train`` and
-    ``subset_val`` cap the number of images used (``None``: all)."""
-
-    dir: Path | None = None
-    generate: GenerateSpec | None = None
-    subset_train: int | None = None
-    subset_val: int | None = None
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    """``[train]``: the proxy training budget (exactly one of ``epochs``, ``steps``, ``seconds``
-    for ``objective.kind = "train"``), ``batch_size`` (images, >= 2 for BatchNorm), ``lr``,
-    ``optimizer``,
-    ``device`` (auto|cpu|cuda) and data-loader ``num_workers``; and the speed levers of
-    :class:`detector.train.TrainSettings` / ``DataSettings``: ``cache`` (auto|device|off),
-    ``cuda_graph`` and ``fused_optimizer`` (true|false|"auto"), ``compile`` (off or a
-    ``torch.compile`` mode), ``channels_last`` and ``check_every`` (steps or "auto"). The levers
-    change how fast a trial trains, not what it means: they are left out of the fingerprint."""
-
-    epochs: int | None = None
-    steps: int | None = None
-    seconds: float | None = None
-    batch_size: int = 16
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    device: str = "auto"
-    num_workers: int = 0
-    cache: str = "auto"
-    cuda_graph: bool | str = "auto"
-    compile: str = "off"
-    channels_last: bool = False
-    fused_optimizer: bool | str = "auto"
-    check_every: int | str = "auto"
-
-    def speed_settings(self) -> dict[str, Any]:
-        """The step levers as ``TrainSettings`` keywords."""
-        return {"cuda_graph": self.cuda_graph, "compile": self.compile,
-                "channels_last": self.channels_last, "fused_optimizer": self.fused_optimizer,
-                "check_every": self.check_every}
-
-
-@dataclass(frozen=True)
-class PrunerSection:
-    """``[pruner]``: ``kind`` and its ``options`` as sorted (name, value) pairs."""
-
-    kind: str = "none"
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def kwargs(self) -> dict[str, Any]:
-        """The options as keyword arguments of the Optuna pruner."""
-        return dict(self.options)
-
-
-@dataclass(frozen=True)
-class ObjectiveSection:
-    """``[objective]``: ``kind`` ``train`` (real proxy training) or ``surrogate`` (analytic,
-    with ``surrogate`` constants)."""
-
-    kind: str = "train"
-    surrogate: SurrogateConstants | None = None
-
-
-@dataclass(frozen=True)
-class ExecutionSection:
-    """``[execution]``: ``backend``, parallel ``workers``, ``gpus`` (device indices) and
-    ``trials_per_gpu`` (concurrent trials per GPU: an integer >= 1, or ``"auto"``, the default:
-    chosen from the GPU's memory, the CPU cores and the largest trial, see
-    :mod:`search.packing`); the command line overrides each.
-
-    Ray backend only (see ``docs/cluster.md``): ``address`` of a running cluster (``"auto"`` or
-    ``host:port``; ``None`` starts a local Ray), ``cpus_per_trial`` and ``gpus_per_trial``
-    (fractions below 1 share a device; ``None``: ``1 / trials_per_gpu`` with ``gpus``, else 0),
-    ``max_concurrent`` trials (``None``: as many as the cluster fits), ``max_failures`` (retries
-    of a crashed trial) and ``storage_path``, the folder of Ray Tune's experiment state (absolute;
-    ``None``: ``<study-file-stem>.ray`` next to the study file)."""
-
-    backend: str = "optuna"
-    workers: int = 1
-    gpus: tuple[int, ...] = ()
-    trials_per_gpu: int | str = "auto"
-    address: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    max_failures: int = 1
-    storage_path: Path | None = None
-
-
-@dataclass(frozen=True)
-class StudyDefinition:
-    """A whole, validated study file. ``path`` is absolute; ``text`` is the file as read."""
-
-    path: Path
-    text: str
-    study: StudySection
-    base: BaseSection
-    space: SearchSpace
-    constraint: CostConstraint
-    data: DataSection | None
-    train: TrainSection
-    pruner: PrunerSection
-    objective: ObjectiveSection
-    execution: ExecutionSection
-    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
-
-    @property
-    def folder(self) -> Path:
-        """The study file's folder: relative paths in the file start here."""
-        return self.path.parent
-
-    @property
-    def storage_url(self) -> str:
-        """``study.storage``, or the default ``sqlite:///<stem>.db`` (relative to :attr:`folder`)."""
-        return self.study.storage or default_storage_url(self.path)
-
-    @property
-    def directions(self) -> tuple[str, ...]:
-        """Optuna directions of the objectives: AP is maximized, MACs minimized."""
-        return tuple("maximize" if name == "ap" else "minimize" for name in self.study.objectives)
-
-    def grid(self) -> dict[str, list[Any]]:
-        """The ``GridSampler`` axes of this space (see :func:`search.space.grid_search_space`)."""
-        return grid_search_space(self.space, self.constraint)
-
-    def target_trials(self) -> int:
-        """How many finished (complete or pruned) trials the study wants."""
-        if self.study.n_trials is not None:
-            return self.study.n_trials
-        return grid_size(self.grid())
-
-    def fingerprint(self) -> str:
-        """A hash of the sections that decide what a trial means (base, space, constraint,
-        objective, data, train, sampler, objectives); a study resumed with a different one would
-        mix incomparable trials."""
-        keyed = {name: self.raw.get(name) for name in _SEARCH_SECTIONS}
-        if isinstance(keyed["train"], dict):
-            keyed["train"] = {k: v for k, v in keyed["train"].items() if k not in SPEED_KEYS}
-        study = self.raw.get("study", {})
-        keyed["study"] = {k: study.get(k) for k in ("sampler", "objectives")}
-        text = json.dumps(keyed, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,22 +199,36 @@ class StudyDefinition:
 def _read_study(table: _Table, stem: str) -> StudySection:
     name = table.raw("name", stem)
     if not isinstance(name, str) or not name.strip():
-        raise _KeyError(table.key("name"), f"must be a non-empty string, got {name!r}",
-                        f"write name = \"{stem}\"")
+        raise _KeyError(
+            table.key("name"), f"must be a non-empty string, got {name!r}", f'write name = "{stem}"'
+        )
     storage = table.raw("storage", None)
     if storage is not None and not isinstance(storage, str):
-        raise _KeyError(table.key("storage"), f"must be a URL string, got {_type_name(storage)}",
-                        f"write storage = \"sqlite:///{stem}.db\"")
+        raise _KeyError(
+            table.key("storage"),
+            f"must be a URL string, got {_type_name(storage)}",
+            f'write storage = "sqlite:///{stem}.db"',
+        )
     seed = table.int("seed", None, low=0)
     n_trials = table.int("n_trials", None, low=1)
     objectives = table.raw("objectives", ["ap"])
-    if (not isinstance(objectives, list) or not objectives
-            or tuple(objectives) not in (("ap",), ("ap", "macs"))):
-        raise _KeyError(table.key("objectives"), f"unsupported value {objectives!r}",
-                        "write objectives = [\"ap\"] or [\"ap\", \"macs\"] (a Pareto front)")
+    if (
+        not isinstance(objectives, list)
+        or not objectives
+        or tuple(objectives) not in (("ap",), ("ap", "macs"))
+    ):
+        raise _KeyError(
+            table.key("objectives"),
+            f"unsupported value {objectives!r}",
+            'write objectives = ["ap"] or ["ap", "macs"] (a Pareto front)',
+        )
     return StudySection(
-        name=name, storage=storage, sampler=table.choice("sampler", SAMPLERS, "tpe"),
-        seed=seed, n_trials=n_trials, objectives=tuple(objectives),
+        name=name,
+        storage=storage,
+        sampler=table.choice("sampler", SAMPLERS, "tpe"),
+        seed=seed,
+        n_trials=n_trials,
+        objectives=tuple(objectives),
     )
 
 
@@ -422,24 +237,34 @@ def _read_base(table: _Table) -> BaseSection:
     given = [k for k in spec_keys if table.has(k)]
     phi_proxy = table.number("phi_proxy", 0.0)
     if not (PHI_RANGE[0] <= phi_proxy <= PHI_RANGE[1] - 1):
-        raise _KeyError(table.key("phi_proxy"), f"must be in [{PHI_RANGE[0]:g}, "
-                        f"{PHI_RANGE[1] - 1:g}], got {phi_proxy:g}",
-                        "use a small negative value such as -2 for a cheap proxy")
+        raise _KeyError(
+            table.key("phi_proxy"),
+            f"must be in [{PHI_RANGE[0]:g}, {PHI_RANGE[1] - 1:g}], got {phi_proxy:g}",
+            "use a small negative value such as -2 for a cheap proxy",
+        )
     resolution = table.int("resolution", None, low=32, high=4096)
     if resolution is not None and resolution % 32:
-        raise _KeyError(table.key("resolution"), f"must be a multiple of 32 pixels, got "
-                        f"{resolution}", f"use {max(32, round(resolution / 32) * 32)}")
+        raise _KeyError(
+            table.key("resolution"),
+            f"must be a multiple of 32 pixels, got {resolution}",
+            f"use {max(32, round(resolution / 32) * 32)}",
+        )
     num_classes = table.int("num_classes", None, low=1)
     fusion_default = "fastattn"
     if table.has("preset"):
         if given:
-            raise _KeyError(table.key(given[0]), "given together with preset",
-                            "give either preset or the spec keys " + ", ".join(spec_keys))
+            raise _KeyError(
+                table.key(given[0]),
+                "given together with preset",
+                "give either preset or the spec keys " + ", ".join(spec_keys),
+            )
         name = table.choice("preset", PRESET_NAMES)
         official = preset(name)
-        bifpn = BifpnRule(width_base=float(official.fpn.channels),
-                          depth_base=float(official.fpn.repeats),
-                          head_depth_base=official.head.repeats)
+        bifpn = BifpnRule(
+            width_base=float(official.fpn.channels),
+            depth_base=float(official.fpn.repeats),
+            head_depth_base=official.head.repeats,
+        )
         width = official.backbone.width_multiplier
         depth = official.backbone.depth_multiplier
         resolution_base = official.image_size[0]
@@ -450,14 +275,23 @@ def _read_base(table: _Table) -> BaseSection:
         depth = table.number("backbone_depth", 1.0)
         for key, value in (("backbone_width", width), ("backbone_depth", depth)):
             if not 0.05 <= value <= 8:
-                raise _KeyError(table.key(key), f"must be in [0.05, 8], got {value:g}",
-                                "1.0 is EfficientNet-B0")
+                raise _KeyError(
+                    table.key(key), f"must be in [0.05, 8], got {value:g}", "1.0 is EfficientNet-B0"
+                )
         resolution_base = table.int("resolution_base", 512, low=32, high=4096)
-        bifpn = _read_bifpn(table.table("bifpn", ("width_base", "depth_base", "head_depth_base",
-                                                   "head_depth_period")))
+        bifpn = _read_bifpn(
+            table.table(
+                "bifpn", ("width_base", "depth_base", "head_depth_base", "head_depth_period")
+            )
+        )
     return BaseSection(
-        preset=name, backbone_width=width, backbone_depth=depth, bifpn=bifpn,
-        resolution_base=resolution_base, phi_proxy=phi_proxy, resolution=resolution,
+        preset=name,
+        backbone_width=width,
+        backbone_depth=depth,
+        bifpn=bifpn,
+        resolution_base=resolution_base,
+        phi_proxy=phi_proxy,
+        resolution=resolution,
         num_classes=num_classes,
         fusion=table.choice("fusion", FUSION_METHODS, fusion_default),
     )
@@ -471,15 +305,18 @@ def _read_bifpn(table: _Table | None) -> BifpnRule:
     head = table.int("head_depth_base", 3, low=1)
     period = table.number("head_depth_period", 3.0)
     if width < 8:
-        raise _KeyError(table.key("width_base"), f"must be >= 8 channels, got {width:g}",
-                        "64 is D0")
+        raise _KeyError(
+            table.key("width_base"), f"must be >= 8 channels, got {width:g}", "64 is D0"
+        )
     if depth < 1:
         raise _KeyError(table.key("depth_base"), f"must be >= 1 cell, got {depth:g}", "3 is D0")
     if period <= 0:
-        raise _KeyError(table.key("head_depth_period"), f"must be > 0, got {period:g}",
-                        "3 is the paper's")
-    return BifpnRule(width_base=width, depth_base=depth, head_depth_base=head,
-                     head_depth_period=period)
+        raise _KeyError(
+            table.key("head_depth_period"), f"must be > 0, got {period:g}", "3 is the paper's"
+        )
+    return BifpnRule(
+        width_base=width, depth_base=depth, head_depth_base=head, head_depth_period=period
+    )
 
 
 _NUMERIC_BOUNDS = {
@@ -494,16 +331,23 @@ _NUMERIC_BOUNDS = {
 def _check_value(key: str, name: str, value: Any) -> Any:
     if name == "fusion":
         if value not in FUSION_METHODS:
-            raise _KeyError(key, f"unknown fusion {value!r}",
-                            f"choose from {', '.join(FUSION_METHODS)}")
+            raise _KeyError(
+                key, f"unknown fusion {value!r}", f"choose from {', '.join(FUSION_METHODS)}"
+            )
         return value
     low, high, why = _NUMERIC_BOUNDS[name]
     if not _is_number(value):
-        raise _KeyError(key, f"must be a number, got {value!r} ({_type_name(value)})",
-                        f"write e.g. {name} = {{low = {low:g}, high = {low + 0.4:g}}}")
+        raise _KeyError(
+            key,
+            f"must be a number, got {value!r} ({_type_name(value)})",
+            f"write e.g. {name} = {{low = {low:g}, high = {low + 0.4:g}}}",
+        )
     if not low <= value <= high:
-        raise _KeyError(key, f"must be in [{low:g}, {high:g}] ({why}), got {value:g}",
-                        f"set it within [{low:g}, {high:g}]")
+        raise _KeyError(
+            key,
+            f"must be in [{low:g}, {high:g}] ({why}), got {value:g}",
+            f"set it within [{low:g}, {high:g}]",
+        )
     return float(value)
 
 
@@ -523,24 +367,35 @@ def _read_param(table: _Table, name: str, default: Any) -> Param:
         return Choices(values)
     if isinstance(value, dict):
         if name == "fusion":
-            raise _KeyError(key, "a range is not allowed", "list the choices: "
-                            f"fusion = [{', '.join(repr(f) for f in FUSION_METHODS)}]")
+            raise _KeyError(
+                key,
+                "a range is not allowed",
+                f"list the choices: fusion = [{', '.join(repr(f) for f in FUSION_METHODS)}]",
+            )
         sub = _Table(value, key, ("low", "high", "step"))
         low = _check_value(sub.key("low"), name, sub.raw("low"))
         high = _check_value(sub.key("high"), name, sub.raw("high"))
         if not low < high:
-            raise _KeyError(key, f"empty range: low ({low:g}) must be < high ({high:g})",
-                            f"swap them, or fix the value with {name} = {low:g}")
+            raise _KeyError(
+                key,
+                f"empty range: low ({low:g}) must be < high ({high:g})",
+                f"swap them, or fix the value with {name} = {low:g}",
+            )
         step = sub.number("step", None)
         if step is not None:
             if not 0 < step <= high - low:
-                raise _KeyError(sub.key("step"), f"must be in (0, high - low = {high - low:g}]"
-                                f", got {step:g}", "pick a smaller step")
+                raise _KeyError(
+                    sub.key("step"),
+                    f"must be in (0, high - low = {high - low:g}], got {step:g}",
+                    "pick a smaller step",
+                )
             count = (high - low) / step
             if abs(count - round(count)) > 1e-6:
-                raise _KeyError(sub.key("step"), f"(high - low) = {high - low:g} is not a "
-                                f"multiple of step = {step:g}",
-                                "adjust high or step so that the points end at high")
+                raise _KeyError(
+                    sub.key("step"),
+                    f"(high - low) = {high - low:g} is not a multiple of step = {step:g}",
+                    "adjust high or step so that the points end at high",
+                )
         return Range(low, high, step)
     return Fixed(_check_value(key, name, value))
 
@@ -549,8 +404,11 @@ def _read_space(table: _Table, mode: str, fusion: str) -> SearchSpace:
     if mode == "solve":
         gamma = _read_param(table, "gamma", Range(1.0, 2.0))
         if not isinstance(gamma, Range):
-            raise _KeyError(table.key("gamma"), "mode = \"solve\" derives gamma, so it takes "
-                            "only bounds", "write gamma = {low = 1.0, high = 2.0} or drop gamma")
+            raise _KeyError(
+                table.key("gamma"),
+                'mode = "solve" derives gamma, so it takes only bounds',
+                "write gamma = {low = 1.0, high = 2.0} or drop gamma",
+            )
     else:
         gamma = _read_param(table, "gamma", _MISSING)
     return SearchSpace(
@@ -566,14 +424,21 @@ def _read_space(table: _Table, mode: str, fusion: str) -> SearchSpace:
 def _read_constraint(table: _Table) -> CostConstraint:
     target = table.number("target", 2.0)
     if target <= 1:
-        raise _KeyError(table.key("target"), f"must be > 1 (the phi=1 model costs more than "
-                        f"phi=0), got {target:g}", "EfficientNet uses target = 2.0")
+        raise _KeyError(
+            table.key("target"),
+            f"must be > 1 (the phi=1 model costs more than phi=0), got {target:g}",
+            "EfficientNet uses target = 2.0",
+        )
     tolerance = table.number("tolerance", 0.05)
     if not 0 < tolerance < 1:
-        raise _KeyError(table.key("tolerance"), f"must be in (0, 1), got {tolerance:g}",
-                        "use a relative band such as tolerance = 0.05 (5%)")
+        raise _KeyError(
+            table.key("tolerance"),
+            f"must be in (0, 1), got {tolerance:g}",
+            "use a relative band such as tolerance = 0.05 (5%)",
+        )
     return CostConstraint(
-        target=target, tolerance=tolerance,
+        target=target,
+        tolerance=tolerance,
         kind=table.choice("kind", CONSTRAINT_KINDS, "formula"),
         mode=table.choice("mode", CONSTRAINT_MODES, "solve"),
     )
@@ -581,42 +446,63 @@ def _read_constraint(table: _Table) -> CostConstraint:
 
 def _read_data(table: _Table, folder: Path) -> DataSection:
     if table.has("dir") == table.has("generate"):
-        raise _KeyError(table.where, "needs exactly one of dir and generate",
-                        "write dir = \"path/to/coco\" or generate = {train = 200, val = 50}")
+        raise _KeyError(
+            table.where,
+            "needs exactly one of dir and generate",
+            'write dir = "path/to/coco" or generate = {train = 200, val = 50}',
+        )
     directory = generate = None
     if table.has("dir"):
         raw = table.raw("dir")
         if not isinstance(raw, str) or not raw:
-            raise _KeyError(table.key("dir"), f"must be a path string, got {raw!r}",
-                            "write dir = \"path/to/coco\" (relative to the study file)")
+            raise _KeyError(
+                table.key("dir"),
+                f"must be a path string, got {raw!r}",
+                'write dir = "path/to/coco" (relative to the study file)',
+            )
         directory = (folder / raw).resolve()
         if not directory.is_dir():
-            raise _KeyError(table.key("dir"), f"{directory} is not a folder",
-                            "point it at a COCO folder (relative to the study file)")
+            raise _KeyError(
+                table.key("dir"),
+                f"{directory} is not a folder",
+                "point it at a COCO folder (relative to the study file)",
+            )
     else:
-        sub = _Table(table.raw("generate"), table.key("generate"),
-                     ("train", "val", "seed", "image_size", "num_classes"))
-        generate = GenerateSpec(train=sub.int("train", low=1), val=sub.int("val", low=1),
-                                seed=sub.int("seed", 0, low=0),
-                                image_size=sub.int("image_size", 96, low=32, high=4096),
-                                num_classes=sub.int("num_classes", 6, low=1, high=8))
+        sub = _Table(
+            table.raw("generate"),
+            table.key("generate"),
+            ("train", "val", "seed", "image_size", "num_classes"),
+        )
+        generate = GenerateSpec(
+            train=sub.int("train", low=1),
+            val=sub.int("val", low=1),
+            seed=sub.int("seed", 0, low=0),
+            image_size=sub.int("image_size", 96, low=32, high=4096),
+            num_classes=sub.int("num_classes", 6, low=1, high=8),
+        )
     subset_train = subset_val = None
-    sub = table.table("subset", ("train", "val"))
-    if sub is not None:
+    subset = table.table("subset", ("train", "val"))
+    if subset is not None:
+        sub = subset
         subset_train = sub.int("train", None, low=1)
         subset_val = sub.int("val", None, low=1)
-    return DataSection(dir=directory, generate=generate, subset_train=subset_train,
-                       subset_val=subset_val)
+    return DataSection(
+        dir=directory, generate=generate, subset_train=subset_train, subset_val=subset_val
+    )
 
 
 def _read_train(table: _Table, required: bool) -> TrainSection:
     budgets = [k for k in ("epochs", "steps", "seconds") if table.has(k)]
     if len(budgets) > 1:
-        raise _KeyError(table.key(budgets[1]), f"given together with {budgets[0]}",
-                        "give exactly one budget: epochs, steps or seconds")
+        raise _KeyError(
+            table.key(budgets[1]),
+            f"given together with {budgets[0]}",
+            "give exactly one budget: epochs, steps or seconds",
+        )
     if required and not budgets:
-        raise _KeyError(table.where, "no training budget",
-                        "add one of epochs = 10, steps = 500 or seconds = 60")
+        raise _KeyError(
+            table.where, "no training budget", "add one of epochs = 10, steps = 500 or seconds = 60"
+        )
     seconds = table.number("seconds", None)
     if seconds is not None and seconds <= 0:
         raise _KeyError(table.key("seconds"), f"must be > 0, got {seconds:g}", "e.g. seconds = 60")
@@ -624,28 +510,35 @@ def _read_train(table: _Table, required: bool) -> TrainSection:
     if lr <= 0:
         raise _KeyError(table.key("lr"), f"must be > 0, got {lr:g}", "e.g. lr = 0.01")
     return TrainSection(
-        epochs=table.int("epochs", None, low=1), steps=table.int("steps", None, low=1),
-        seconds=seconds, batch_size=table.int("batch_size", 16, low=2), lr=lr,
+        epochs=table.int("epochs", None, low=1),
+        steps=table.int("steps", None, low=1),
+        seconds=seconds,
+        batch_size=table.int("batch_size", 16, low=2),
+        lr=lr,
         optimizer=table.choice("optimizer", OPTIMIZERS, "sgd"),
         device=table.choice("device", DEVICES, "auto"),
         num_workers=table.int("num_workers", 0, low=0),
         cache=table.choice("cache", CACHES, "auto"),
         cuda_graph=_bool_or_auto(table, "cuda_graph"),
         compile=table.choice("compile", COMPILE_MODES, "off"),
-        channels_last=_bool_or_auto(table, "channels_last", default=False, auto=False),
+        channels_last=bool(_bool_or_auto(table, "channels_last", default=False, auto=False)),
         fused_optimizer=_bool_or_auto(table, "fused_optimizer"),
         check_every=_int_or_auto(table, "check_every"),
     )
 
 
-def _bool_or_auto(table: _Table, name: str, *, default: Any = "auto",
-                  auto: bool = True) -> bool | str:
+def _bool_or_auto(
+    table: _Table, name: str, *, default: Any = "auto", auto: bool = True
+) -> bool | str:
     value = table.raw(name, default)
     if isinstance(value, bool) or (auto and value == "auto"):
         return value
     allowed, example = ('true, false or "auto"', '"auto"') if auto else ("true or false", "true")
-    raise _KeyError(table.key(name), f"must be {allowed}, got {value!r} ({_type_name(value)})",
-                    f"write {name} = {example}")
+    raise _KeyError(
+        table.key(name),
+        f"must be {allowed}, got {value!r} ({_type_name(value)})",
+        f"write {name} = {example}",
+    )
 
 
 def _int_or_auto(table: _Table, name: str) -> int | str:
@@ -659,8 +552,11 @@ def _read_pruner(table: _Table | None) -> PrunerSection:
         return PrunerSection()
     kind = table.data.get("kind", "none")
     if not isinstance(kind, str) or kind not in PRUNER_OPTIONS:
-        raise _KeyError(table.key("kind"), f"unknown value {kind!r}",
-                        f"choose one of {', '.join(PRUNER_OPTIONS)}")
+        raise _KeyError(
+            table.key("kind"),
+            f"unknown value {kind!r}",
+            f"choose one of {', '.join(PRUNER_OPTIONS)}",
+        )
     allowed = PRUNER_OPTIONS[kind]
     checked = _Table(table.data, table.where, ("kind", *allowed))
     options = []
@@ -670,11 +566,15 @@ def _read_pruner(table: _Table | None) -> PrunerSection:
         value = checked.raw(name)
         if isinstance(value, str) and str in types:
             if value != "auto":
-                raise _KeyError(checked.key(name), f"unknown value {value!r}",
-                                f"write {name} = \"auto\" or an integer")
+                raise _KeyError(
+                    checked.key(name),
+                    f"unknown value {value!r}",
+                    f'write {name} = "auto" or an integer',
+                )
         elif not _is_int(value) or value < 0:
-            raise _KeyError(checked.key(name), f"must be an integer >= 0, got {value!r}",
-                            f"write {name} = 1")
+            raise _KeyError(
+                checked.key(name), f"must be an integer >= 0, got {value!r}", f"write {name} = 1"
+            )
         options.append((name, value))
     return PrunerSection(kind=kind, options=tuple(sorted(options)))
 
@@ -685,12 +585,17 @@ def _read_objective(table: _Table | None) -> ObjectiveSection:
     kind = table.choice("kind", OBJECTIVE_KINDS, "train")
     sub = table.table("surrogate", ("A", "c", "p", "noise"))
     if kind == "surrogate" and sub is None:
-        raise _KeyError(table.key("surrogate"), "missing",
-                        "add [objective.surrogate] with A, c and p (see "
-                        "studies/surrogate_compound.toml)")
+        raise _KeyError(
+            table.key("surrogate"),
+            "missing",
+            "add [objective.surrogate] with A, c and p (see studies/surrogate_compound.toml)",
+        )
     if kind == "train" and sub is not None:
-        raise _KeyError(table.key("surrogate"), "given with kind = \"train\"",
-                        "set kind = \"surrogate\" or drop [objective.surrogate]")
+        raise _KeyError(
+            table.key("surrogate"),
+            'given with kind = "train"',
+            'set kind = "surrogate" or drop [objective.surrogate]',
+        )
     constants = None
     if sub is not None:
         per_axis = []
@@ -700,16 +605,21 @@ def _read_objective(table: _Table | None) -> ObjectiveSection:
             for axis in ("depth", "width", "resolution"):
                 value = axes.number(axis)
                 if value <= 0:
-                    raise _KeyError(axes.key(axis), f"must be > 0, got {value:g}",
-                                    "every gain and exponent is positive")
+                    raise _KeyError(
+                        axes.key(axis),
+                        f"must be > 0, got {value:g}",
+                        "every gain and exponent is positive",
+                    )
                 values.append(value)
             per_axis.append(tuple(values))
         noise = sub.number("noise", 0.0)
         if noise < 0:
-            raise _KeyError(sub.key("noise"), f"must be >= 0, got {noise:g}",
-                            "noise is a standard deviation, e.g. noise = 0.002")
-        constants = SurrogateConstants(A=sub.number("A"), c=per_axis[0], p=per_axis[1],
-                                       noise=noise)
+            raise _KeyError(
+                sub.key("noise"),
+                f"must be >= 0, got {noise:g}",
+                "noise is a standard deviation, e.g. noise = 0.002",
+            )
+        constants = SurrogateConstants(A=sub.number("A"), c=per_axis[0], p=per_axis[1], noise=noise)
     return ObjectiveSection(kind=kind, surrogate=constants)
 
 
@@ -722,39 +632,58 @@ def _read_trials_per_gpu(table: _Table) -> int | str:
     elif _is_int(value):
         problem = f"must be >= 1, got {value}"
     else:
-        problem = f"must be \"auto\" or an integer >= 1, got {value!r} ({_type_name(value)})"
-    raise _KeyError(table.key("trials_per_gpu"), problem,
-                    "write trials_per_gpu = \"auto\" (chosen from the GPU memory and CPU cores) "
-                    "or an integer such as trials_per_gpu = 4")
+        problem = f'must be "auto" or an integer >= 1, got {value!r} ({_type_name(value)})'
+    raise _KeyError(
+        table.key("trials_per_gpu"),
+        problem,
+        'write trials_per_gpu = "auto" (chosen from the GPU memory and CPU cores) '
+        "or an integer such as trials_per_gpu = 4",
+    )
 
 
 def _read_execution(table: _Table | None, folder: Path) -> ExecutionSection:
     if table is None:
         return ExecutionSection()
     gpus = table.raw("gpus", [])
-    if not isinstance(gpus, list) or not all(_is_int(g) and g >= 0 for g in gpus) \
-            or len(set(gpus)) != len(gpus):
-        raise _KeyError(table.key("gpus"), f"must be a list of distinct device indices, got "
-                        f"{gpus!r}", "write gpus = [0, 1]")
+    if (
+        not isinstance(gpus, list)
+        or not all(_is_int(g) and g >= 0 for g in gpus)
+        or len(set(gpus)) != len(gpus)
+    ):
+        raise _KeyError(
+            table.key("gpus"),
+            f"must be a list of distinct device indices, got {gpus!r}",
+            "write gpus = [0, 1]",
+        )
     address = table.raw("address", None)
     if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise _KeyError(table.key("address"), f"must be a non-empty string, got {address!r}",
-                        "write address = \"auto\" or address = \"host:6379\"")
+        raise _KeyError(
+            table.key("address"),
+            f"must be a non-empty string, got {address!r}",
+            'write address = "auto" or address = "host:6379"',
+        )
     cpus = table.number("cpus_per_trial", 1.0)
     if cpus <= 0:
-        raise _KeyError(table.key("cpus_per_trial"), f"must be > 0, got {cpus:g}",
-                        "e.g. cpus_per_trial = 1")
+        raise _KeyError(
+            table.key("cpus_per_trial"), f"must be > 0, got {cpus:g}", "e.g. cpus_per_trial = 1"
+        )
     gpus_per_trial = table.number("gpus_per_trial", None)
-    if gpus_per_trial is not None and (gpus_per_trial < 0 or (
-            gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial))):
-        raise _KeyError(table.key("gpus_per_trial"), f"must be a fraction in [0, 1] or a whole "
-                        f"number, got {gpus_per_trial:g}", "e.g. gpus_per_trial = 0.25")
+    if gpus_per_trial is not None and (
+        gpus_per_trial < 0 or (gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial))
+    ):
+        raise _KeyError(
+            table.key("gpus_per_trial"),
+            f"must be a fraction in [0, 1] or a whole number, got {gpus_per_trial:g}",
+            "e.g. gpus_per_trial = 0.25",
+        )
     storage_path = table.raw("storage_path", None)
     if storage_path is not None:
         if not isinstance(storage_path, str) or not storage_path.strip():
-            raise _KeyError(table.key("storage_path"), f"must be a folder path, got "
-                            f"{storage_path!r}", "write storage_path = \"ray-results\" "
-                            "(relative to the study file)")
+            raise _KeyError(
+                table.key("storage_path"),
+                f"must be a folder path, got {storage_path!r}",
+                'write storage_path = "ray-results" (relative to the study file)',
+            )
         storage_path = (folder / storage_path).resolve()
     return ExecutionSection(
         backend=table.choice("backend", BACKENDS, "optuna"),
@@ -774,52 +703,29 @@ def _read_execution(table: _Table | None, folder: Path) -> ExecutionSection:
 # cross-section rules
 
 
-def _check_combinations(d: StudyDefinition) -> None:
-    sampler = d.study.sampler
-    if d.constraint.mode == "band" and sampler in ("gp", "nsga2"):
-        raise _KeyError("constraint.mode", f"band with sampler = \"{sampler}\" hides the "
-                        "infeasible samples from it (Optuna 5.0's GP and NSGA-II learn only from "
-                        "COMPLETE trials; infeasible ones end PRUNED)",
-                        "use mode = \"solve\" or sampler = \"tpe\"")
-    if len(d.study.objectives) > 1 and d.pruner.kind != "none":
-        raise _KeyError("pruner.kind", "Optuna cannot prune multi-objective studies",
-                        "set kind = \"none\" or objectives = [\"ap\"]")
-    if sampler == "grid":
-        try:
-            axes = d.grid()
-        except ValueError as exc:
-            key, rest = str(exc).split(": ", 1)
-            problem, fix = rest.split("; ", 1)
-            raise _KeyError(key, problem, fix) from None
-        points = grid_size(axes)
-        if d.study.n_trials is not None and d.study.n_trials > points:
-            raise _KeyError("study.n_trials", f"{d.study.n_trials} exceeds the {points} grid "
-                            "points (a grid point never runs twice)",
-                            f"drop n_trials or set it <= {points}")
-    elif d.study.n_trials is None:
-        raise _KeyError("study.n_trials", "missing", "add n_trials = 40 to [study]")
-    if d.objective.kind == "train" and d.data is None:
-        raise _KeyError("data", "missing (objective.kind = \"train\" trains on it)",
-                        "add [data] dir = \"path/to/coco\" or [data] generate = "
-                        "{train = 200, val = 50}")
-
-
-def _check_models(d: StudyDefinition) -> None:
-    """Build the proxy and the largest φ=1 model once, so that bad sizes fail here."""
-    from search.objective import build_configs, corner_points
-
-    for point in corner_points(d.space, d.constraint):
-        try:
-            build_configs(d.base, point, num_classes=d.base.num_classes or 90)
-        except ValueError as exc:
-            raise _KeyError("base", f"the proxy models cannot be built ({exc})",
-                            "raise phi_proxy or resolution") from None
-
-
-_EXECUTION_KEYS = ("backend", "workers", "gpus", "trials_per_gpu", "address", "cpus_per_trial",
-                   "gpus_per_trial", "max_concurrent", "max_failures", "storage_path")
-_SECTIONS = ("study", "base", "space", "constraint", "data", "train", "pruner", "objective",
-             "execution")
+_EXECUTION_KEYS = (
+    "backend",
+    "workers",
+    "gpus",
+    "trials_per_gpu",
+    "address",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_concurrent",
+    "max_failures",
+    "storage_path",
+)
+_SECTIONS = (
+    "study",
+    "base",
+    "space",
+    "constraint",
+    "data",
+    "train",
+    "pruner",
+    "objective",
+    "execution",
+)
 
 
 def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
@@ -832,47 +738,91 @@ def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise _KeyError("toml", f"not valid TOML ({' '.join(str(exc).split())})",
-                            "fix the syntax at that line") from None
+            raise _KeyError(
+                "toml",
+                f"not valid TOML ({' '.join(str(exc).split())})",
+                "fix the syntax at that line",
+            ) from None
         root = _Table(raw, "", _SECTIONS)
         for name in ("study", "base", "space"):
             if not root.has(name):
-                raise _KeyError(name, "missing section", f"add a [{name}] table (see "
-                                "studies/quickstart.toml)")
+                raise _KeyError(
+                    name, "missing section", f"add a [{name}] table (see studies/quickstart.toml)"
+                )
         constraint = _read_constraint(
-            _Table(raw.get("constraint", {}), "constraint",
-                   ("target", "tolerance", "kind", "mode")))
+            _Table(raw.get("constraint", {}), "constraint", ("target", "tolerance", "kind", "mode"))
+        )
         objective = _read_objective(root.table("objective", ("kind", "surrogate")))
-        base = _read_base(_Table(raw["base"], "base",
-                                 ("preset", "backbone_width", "backbone_depth", "bifpn",
-                                  "resolution_base", "phi_proxy", "resolution", "num_classes",
-                                  "fusion")))
+        base = _read_base(
+            _Table(
+                raw["base"],
+                "base",
+                (
+                    "preset",
+                    "backbone_width",
+                    "backbone_depth",
+                    "bifpn",
+                    "resolution_base",
+                    "phi_proxy",
+                    "resolution",
+                    "num_classes",
+                    "fusion",
+                ),
+            )
+        )
         data_table = root.table("data", ("dir", "generate", "subset"))
         definition = StudyDefinition(
             path=path,
             text=text,
-            study=_read_study(_Table(raw["study"], "study",
-                                     ("name", "storage", "sampler", "seed", "n_trials",
-                                      "objectives")), path.stem),
+            study=_read_study(
+                _Table(
+                    raw["study"],
+                    "study",
+                    ("name", "storage", "sampler", "seed", "n_trials", "objectives"),
+                ),
+                path.stem,
+            ),
             base=base,
-            space=_read_space(_Table(raw["space"], "space",
-                                     ("alpha", "beta", "gamma", "width_growth", "depth_step",
-                                      "fusion")), constraint.mode, base.fusion),
+            space=_read_space(
+                _Table(
+                    raw["space"],
+                    "space",
+                    ("alpha", "beta", "gamma", "width_growth", "depth_step", "fusion"),
+                ),
+                constraint.mode,
+                base.fusion,
+            ),
             constraint=constraint,
             data=None if data_table is None else _read_data(data_table, path.parent),
-            train=_read_train(_Table(raw.get("train", {}), "train",
-                                     ("epochs", "steps", "seconds", "batch_size", "lr",
-                                      "optimizer", "device", "num_workers", *SPEED_KEYS)),
-                              required=objective.kind == "train"),
-            pruner=_read_pruner(root.table("pruner", ("kind", *{
-                k for options in PRUNER_OPTIONS.values() for k in options}))),
+            train=_read_train(
+                _Table(
+                    raw.get("train", {}),
+                    "train",
+                    (
+                        "epochs",
+                        "steps",
+                        "seconds",
+                        "batch_size",
+                        "lr",
+                        "optimizer",
+                        "device",
+                        "num_workers",
+                        *SPEED_KEYS,
+                    ),
+                ),
+                required=objective.kind == "train",
+            ),
+            pruner=_read_pruner(
+                root.table(
+                    "pruner", ("kind", *{k for options in PRUNER_OPTIONS.values() for k in options})
+                )
+            ),
             objective=objective,
             execution=_read_execution(root.table("execution", _EXECUTION_KEYS), path.parent),
-            raw=raw,
         )
-        _check_combinations(definition)
-        _check_models(definition)
-    except _KeyError as exc:
+        check_definition(definition)
+        check_buildable(definition)
+    except ParameterError as exc:
         raise StudyFileError(f"{path.name}: {exc}") from None
     return definition
 

@@ -50,8 +50,10 @@ class SurrogateConstants:
             raise ValueError(f"objective.surrogate.A: must be a finite number, got {self.A!r}")
         for name, values in (("c", self.c), ("p", self.p)):
             if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-                raise ValueError(f"objective.surrogate.{name}: needs depth, width and resolution, "
-                                 f"each a number > 0; got {values!r}")
+                raise ValueError(
+                    f"objective.surrogate.{name}: needs depth, width and resolution, "
+                    f"each a number > 0; got {values!r}"
+                )
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise ValueError(f"objective.surrogate.noise: must be >= 0, got {self.noise!r}")
 
@@ -90,12 +92,15 @@ def constrained_optimum(constants: SurrogateConstants, *, target: float = 2.0) -
         raise ValueError(f"target: must be > 0, got {target!r}")
 
     def log_multipliers(log_lam: float) -> list[float]:
-        return [(math.log(c * p / w) - log_lam) / p
-                for c, p, w in zip(constants.c, constants.p, _LOG_COST_WEIGHTS)]
+        return [
+            (math.log(c * p / w) - log_lam) / p
+            for c, p, w in zip(constants.c, constants.p, _LOG_COST_WEIGHTS)
+        ]
 
     def excess(log_lam: float) -> float:  # decreasing in log_lam
-        return sum(w * x for w, x in zip(_LOG_COST_WEIGHTS, log_multipliers(log_lam))) \
-            - math.log(target)
+        return sum(w * x for w, x in zip(_LOG_COST_WEIGHTS, log_multipliers(log_lam))) - math.log(
+            target
+        )
 
     lo, hi = -200.0, 200.0
     for _ in range(200):

@@ -5,9 +5,9 @@ Matched-MACs comparison (the analogue of EfficientNet's Figure 8)
 -----------------------------------------------------------------
 At a larger φ (default 2) the search's proxy (its φ=0 model, :func:`search.objective.
 proxy_dimensions`) is scaled five ways and each is trained with the study's ``[train]`` and
-``[data]`` (:func:`detector.train.train_proxy`, the same seed for all):
+``[data]`` (:func:`effscale.detector.train.train_proxy`, the same seed for all):
 
-* ``found``: the chosen trial's coefficients at φ (:func:`search.objective.family_spec`); its
+* ``found``: the chosen trial's coefficients at φ (:func:`effscale.search.family.family_spec`); its
   MACs per image are the target of every other method.
 * ``paper``: the EfficientDet paper's constants (alpha 1.2, beta 1.1, gamma 1.15, BiFPN width
   ×1.35 and +1 cell per φ) at the fractional φ' whose MACs match the target.
@@ -30,12 +30,13 @@ The top-k feasible COMPLETE trials by AP at φ=1 are retrained at φ; the Spearm
 (``scipy.stats.spearmanr``) between their search AP and their AP at φ measures how far the proxy's
 ranking carries over. With fewer than 2 trials, or constant APs, it is undefined (``None``).
 
-Outputs (atomically, see :func:`search.export.atomic_directory`): ``validation.csv``,
+Outputs (atomically, see :func:`effscale.search.output.atomic_directory`): ``validation.csv``,
 ``validation.md``, ``validation.png``, ``fidelity.csv`` and ``validation.json``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,10 +44,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from detector.complexity import COUNTING_CONVENTION, count_complexity
-from detector.config import DetectorConfig, from_scaling
-from detector.scaling import PAPER_COEFFICIENTS, ScalingSpec
-from search.space import CandidatePoint
+import pandas as pd
+from scipy.stats import spearmanr
+
+from effscale.detector.complexity import COUNTING_CONVENTION, count_complexity
+from effscale.detector.config import DetectorConfig, from_scaling
+from effscale.detector.scaling import ScalingSpec
+from effscale.detector.train import DivergedError, resolve_device, train_proxy
+
+from .data import prepare_data
+from .definition import BaseSection, StudyDefinition
+from .errors import ParameterError
+from .family import PAPER_POINT, family_spec, proxy_dimensions
+from .markdown import markdown_table
+from .objective import train_inputs
+from .output import atomic_directory, check_output_dir
+from .plots import plot_validation
+from .space import CandidatePoint
+from .storage import resolve_storage_url
+from .trials import choose_trial, load_trials, top_trials, trial_ap, trial_point
+from .version import effscale_version
 
 __all__ = [
     "METHODS",
@@ -58,7 +75,6 @@ __all__ = [
     "method_builder",
     "solve_coefficient",
     "matched_variants",
-    "top_trials",
     "spearman",
     "validate_study",
 ]
@@ -67,12 +83,15 @@ METHODS = ("found", "paper", "width", "depth", "resolution")
 #: relative MACs distance from the found model's within which a variant counts as matched
 MATCH_TOLERANCE = 0.05
 #: the coefficient each method solves for (``found`` solves nothing; ``paper`` solves φ')
-_COEFFICIENT = {"found": "", "paper": "phi", "width": "beta", "depth": "alpha",
-                "resolution": "gamma"}
+_COEFFICIENT = {
+    "found": "",
+    "paper": "phi",
+    "width": "beta",
+    "depth": "alpha",
+    "resolution": "gamma",
+}
 #: a head-depth period no φ reaches: the head keeps the proxy's depth
 _FIXED_PERIOD = 1e9
-#: the file that marks a folder as a validation output (``--overwrite`` replaces only those)
-_MARKER = "validation.json"
 
 
 @dataclass(frozen=True)
@@ -100,34 +119,40 @@ class ScaledVariant:
 
 
 def paper_point(fusion: str = "fastattn") -> CandidatePoint:
-    """The EfficientDet paper's point: alpha 1.2, beta 1.1, gamma 1.15, BiFPN ×1.35, +1 cell."""
-    c = PAPER_COEFFICIENTS
-    return CandidatePoint(alpha=c.alpha, beta=c.beta, gamma=c.gamma, width_growth=1.35,
-                          depth_step=1.0, fusion=fusion)
+    """The EfficientDet paper's point (alpha 1.2, beta 1.1, gamma 1.15, BiFPN ×1.35, +1 cell)
+    with ``fusion``."""
+    return replace(PAPER_POINT, fusion=fusion)
 
 
-def _single_axis_spec(base: Any, phi: float, *, alpha: float = 1.0, beta: float = 1.0,
-                      gamma: float = 1.0, bifpn_depth_factor: float = 1.0,
-                      fusion: str) -> ScalingSpec:
-    from search.objective import family_spec, proxy_dimensions
-
+def _single_axis_spec(
+    base: BaseSection,
+    phi: float,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    bifpn_depth_factor: float = 1.0,
+    fusion: str,
+) -> ScalingSpec:
     d0 = proxy_dimensions(base)
     depth_step = d0.bifpn_repeats * (bifpn_depth_factor - 1.0) / phi if phi else 0.0
-    point = CandidatePoint(alpha=alpha, beta=beta, gamma=gamma, width_growth=beta,
-                           depth_step=depth_step, fusion=fusion)
+    point = CandidatePoint(
+        alpha=alpha, beta=beta, gamma=gamma, width_growth=beta, depth_step=depth_step, fusion=fusion
+    )
     spec = family_spec(base, point)
     return replace(spec, bifpn=replace(spec.bifpn, head_depth_period=_FIXED_PERIOD))
 
 
-def method_builder(base: Any, method: str, phi: float, *, found: CandidatePoint,
-                   num_classes: int) -> Callable[[float], DetectorConfig]:
+def method_builder(
+    base: BaseSection, method: str, phi: float, *, found: CandidatePoint, num_classes: int
+) -> Callable[[float], DetectorConfig]:
     """``value -> config`` of ``method`` at ``phi`` over the proxy of ``base``: the value is the
     solved coefficient (φ' for ``paper``; ignored for ``found``). Raises ``ValueError`` for a
     value that gives an illegal detector."""
-    from search.objective import family_spec
-
     if method not in METHODS:
-        raise ValueError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise ParameterError(
+            "methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}"
+        )
     name = f"{method}-phi{phi:g}"
 
     def build(value: float) -> DetectorConfig:
@@ -139,8 +164,12 @@ def method_builder(base: Any, method: str, phi: float, *, found: CandidatePoint,
         elif method == "width":
             spec, at = _single_axis_spec(base, phi, beta=value, fusion=fusion), phi
         elif method == "depth":
-            spec, at = _single_axis_spec(base, phi, alpha=value,
-                                         bifpn_depth_factor=value**phi, fusion=fusion), phi
+            spec, at = (
+                _single_axis_spec(
+                    base, phi, alpha=value, bifpn_depth_factor=value**phi, fusion=fusion
+                ),
+                phi,
+            )
         else:
             spec, at = _single_axis_spec(base, phi, gamma=value, fusion=fusion), phi
         return from_scaling(spec, at, num_classes=num_classes, fusion=fusion, name=name)
@@ -148,8 +177,14 @@ def method_builder(base: Any, method: str, phi: float, *, found: CandidatePoint,
     return build
 
 
-def solve_coefficient(build: Callable[[float], DetectorConfig], low: float, high: float,
-                      target_macs: int, *, iterations: int = 60) -> tuple[float, DetectorConfig]:
+def solve_coefficient(
+    build: Callable[[float], DetectorConfig],
+    low: float,
+    high: float,
+    target_macs: int,
+    *,
+    iterations: int = 60,
+) -> tuple[float, DetectorConfig]:
     """The value in ``[low, high]`` whose config's MACs are closest to ``target_macs`` (in log
     ratio), by bisection on measured MACs, which must be nondecreasing in the value. Values that
     give illegal detectors count as too large."""
@@ -171,22 +206,31 @@ def solve_coefficient(build: Callable[[float], DetectorConfig], low: float, high
             hi = mid
         else:
             lo = mid
-    best = min((v for v in (lo, hi) if math.isfinite(macs(v))),
-               key=lambda v: abs(math.log(macs(v) / target_macs)))
+    best = min(
+        (v for v in (lo, hi) if math.isfinite(macs(v))),
+        key=lambda v: abs(math.log(macs(v) / target_macs)),
+    )
     return best, build(best)
 
 
 #: search interval of each solved coefficient (φ' for paper; coefficients are bounded by 4)
-_BOUNDS = {"paper": (0.0, 12.0), "width": (1.0, 4.0), "depth": (1.0, 4.0),
-           "resolution": (1.0, 4.0)}
+_BOUNDS = {"paper": (0.0, 12.0), "width": (1.0, 4.0), "depth": (1.0, 4.0), "resolution": (1.0, 4.0)}
 
 
-def matched_variants(base: Any, found: CandidatePoint, phi: float, *, num_classes: int,
-                     methods: Sequence[str] = METHODS) -> list[ScaledVariant]:
+def matched_variants(
+    base: BaseSection,
+    found: CandidatePoint,
+    phi: float,
+    *,
+    num_classes: int,
+    methods: Sequence[str] = METHODS,
+) -> list[ScaledVariant]:
     """The proxy of ``base`` scaled by each method at ``phi``, the non-found ones solved to the
     found model's MACs (see the module docstring). ``found`` is always computed first."""
-    builders = {m: method_builder(base, m, phi, found=found, num_classes=num_classes)
-                for m in dict.fromkeys(("found", *methods))}
+    builders = {
+        m: method_builder(base, m, phi, found=found, num_classes=num_classes)
+        for m in dict.fromkeys(("found", *methods))
+    }
     target_config = builders["found"](phi)
     target = count_complexity(target_config).macs
     variants = []
@@ -197,33 +241,29 @@ def matched_variants(base: Any, found: CandidatePoint, phi: float, *, num_classe
             value, config = phi, target_config
         else:
             value, config = solve_coefficient(build, *_BOUNDS[method], target)
-        variants.append(ScaledVariant(method=method, coefficient=_COEFFICIENT[method],
-                                      value=float(value), config=config,
-                                      macs=count_complexity(config).macs, target_macs=target))
+        variants.append(
+            ScaledVariant(
+                method=method,
+                coefficient=_COEFFICIENT[method],
+                value=float(value),
+                config=config,
+                macs=count_complexity(config).macs,
+                target_macs=target,
+            )
+        )
     return variants
-
-
-def top_trials(trials: Sequence[Any], k: int) -> list[Any]:
-    """The ``k`` feasible COMPLETE trials with the highest AP (ties: lower number first)."""
-    from search.export import is_feasible_trial
-
-    done = [t for t in trials if t.state.name == "COMPLETE" and is_feasible_trial(t) and t.values
-            and math.isfinite(t.values[0])]
-    return sorted(done, key=lambda t: (-t.values[0], t.number))[:k]
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
     """Spearman's rho and its p-value (``scipy.stats.spearmanr``); ``(None, None)`` when
     undefined (fewer than 2 pairs, or a constant side)."""
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None
-             and math.isfinite(a) and math.isfinite(b)]
+    pairs = [
+        (a, b)
+        for a, b in zip(x, y)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+    ]
     if len(pairs) < 2 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
         return None, None
-    try:
-        from scipy.stats import spearmanr
-    except ModuleNotFoundError:
-        raise ValueError("validate: scipy is needed for the Spearman correlation; pip install "
-                         "scipy") from None
     result = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
     rho, p = float(result.statistic), float(result.pvalue)
     return (rho if math.isfinite(rho) else None), (p if math.isfinite(p) else None)
@@ -270,15 +310,14 @@ def _finite(value: Any) -> Any:
 
 
 def _train(config: DetectorConfig, *, data: Any, settings: Any, device: str) -> TrainedModel:
-    from detector.train import DivergedError, train_proxy
-
     try:
         result = train_proxy(config, data=data, settings=settings, device=device, quiet=True)
     except DivergedError as exc:
-        return TrainedModel(metrics={"ap": None}, seconds=0.0,
-                            error=" ".join(str(exc).split()))
-    return TrainedModel(metrics={k: _finite(float(v)) for k, v in result.metrics.items()},
-                        seconds=float(result.seconds))
+        return TrainedModel(metrics={"ap": None}, seconds=0.0, error=" ".join(str(exc).split()))
+    return TrainedModel(
+        metrics={k: _finite(float(v)) for k, v in result.metrics.items()},
+        seconds=float(result.seconds),
+    )
 
 
 def _describe(config: DetectorConfig) -> dict[str, Any]:
@@ -296,7 +335,7 @@ def _describe(config: DetectorConfig) -> dict[str, Any]:
 
 
 def validate_study(
-    definition: Any,
+    definition: StudyDefinition,
     *,
     phi: float = 2.0,
     top_k: int = 5,
@@ -317,51 +356,52 @@ def validate_study(
     ``{"seconds": 30}``) overrides the training budget; ``log`` receives one line per training.
     ``out`` defaults to ``<study folder>/<study name>-validate-phi<φ>``.
     """
-    from detector.train import resolve_device
-    from search.commands.status import load_trials
-    from search.export import (
-        atomic_directory,
-        check_output_dir,
-        choose_trial,
-        markdown_table,
-        trial_point,
-    )
-    from search.objective import family_spec, train_inputs
-    from search.plots import plot_validation
-    from search.runners.optuna_runner import effscale_version, prepare_data
-    from search.storage import resolve_storage_url
-
     d = definition
     if not (isinstance(phi, (int, float)) and math.isfinite(phi) and 1 < phi <= 8):
-        raise ValueError(f"--phi: must be in (1, 8] (the search trained φ = 1 models), got {phi}")
+        raise ParameterError(
+            "phi", f"must be in (1, 8] (the search trained φ = 1 models), got {phi}"
+        )
     if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"--top-k: must be an integer >= 0, got {top_k!r}")
+        raise ParameterError("top_k", f"must be an integer >= 0, got {top_k!r}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         problem = f"unknown method {unknown[0]!r}" if unknown else "no method given"
-        raise ValueError(f"--methods: {problem}; choose from {', '.join(METHODS)}")
+        raise ParameterError("methods", f"{problem}; choose from {', '.join(METHODS)}")
     if d.data is None:
-        raise ValueError(f"data: {d.path.name} has no [data] section, and validate trains "
-                         "models; add [data] (and a [train] budget) to the study file")
+        raise ValueError(
+            f"data: {d.path.name} has no [data] section, and validate trains "
+            "models; add [data] (and a [train] budget) to the study file"
+        )
     if out is None:
         out = d.folder / f"{d.study.name}-validate-phi{phi:g}"
-    check_output_dir(out, overwrite=overwrite, marker=_MARKER)
+    check_output_dir(out, command="validate", study=d, overwrite=overwrite)
     location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
     trials = load_trials(d, storage)
-    chosen = choose_trial(trials, objectives=d.study.objectives, number=trial,
-                          study_name=f"study {d.study.name!r}")
+    chosen = choose_trial(
+        trials, objectives=d.study.objectives, number=trial, study_name=f"study {d.study.name!r}"
+    )
     data, num_classes = prepare_data(d)
+    assert data is not None  # checked above: the study has a [data] section
     data_settings, settings = train_inputs(d, data)
     if budget:
         settings = replace(settings, epochs=None, steps=None, seconds=None, **budget)
     torch_device = str(resolve_device(device or d.train.device))
-    variants = matched_variants(d.base, chosen.point, phi, num_classes=num_classes,
-                                methods=methods)
+    variants = matched_variants(d.base, chosen.point, phi, num_classes=num_classes, methods=methods)
     ranked = []
     for t in top_trials(trials, top_k):
         point = trial_point(t)
-        ranked.append((t, from_scaling(family_spec(d.base, point), phi, num_classes=num_classes,
-                                       fusion=point.fusion, name=f"trial{t.number}-phi{phi:g}")))
+        ranked.append(
+            (
+                t,
+                from_scaling(
+                    family_spec(d.base, point),
+                    phi,
+                    num_classes=num_classes,
+                    fusion=point.fusion,
+                    name=f"trial{t.number}-phi{phi:g}",
+                ),
+            )
+        )
 
     say = log or (lambda _line: None)
     cache: dict[DetectorConfig, TrainedModel] = {}
@@ -370,34 +410,45 @@ def validate_study(
     def trained(config: DetectorConfig, label: str) -> TrainedModel:
         key = _key(config)
         if key not in cache:
-            say(f"training {label} ({len(cache) + 1}/{total}): {config.image_size[0]} px, "
-                f"{count_complexity(config).macs / 1e9:.4f} GMACs")
-            cache[key] = _train(config, data=data_settings, settings=settings,
-                                device=torch_device)
+            say(
+                f"training {label} ({len(cache) + 1}/{total}): {config.image_size[0]} px, "
+                f"{count_complexity(config).macs / 1e9:.4f} GMACs"
+            )
+            cache[key] = _train(config, data=data_settings, settings=settings, device=torch_device)
         return cache[key]
 
     rows = []
     for v in variants:
         result = trained(v.config, v.method)
-        rows.append({
-            "method": v.method,
-            "coefficient": v.coefficient,
-            "value": round(v.value, 6),
-            "phi": phi if v.method != "paper" else round(v.value, 6),
-            **_describe(v.config),
-            "macs_ratio": round(v.ratio, 4),
-            "matched": v.matched,
-            "ap": result.ap,
-            "ap50": result.metrics.get("ap50"),
-            "ap75": result.metrics.get("ap75"),
-            "train_seconds": round(result.seconds, 2),
-            "error": result.error or "",
-        })
+        rows.append(
+            {
+                "method": v.method,
+                "coefficient": v.coefficient,
+                "value": round(v.value, 6),
+                "phi": phi if v.method != "paper" else round(v.value, 6),
+                **_describe(v.config),
+                "macs_ratio": round(v.ratio, 4),
+                "matched": v.matched,
+                "ap": result.ap,
+                "ap50": result.metrics.get("ap50"),
+                "ap75": result.metrics.get("ap75"),
+                "train_seconds": round(result.seconds, 2),
+                "error": result.error or "",
+            }
+        )
     fidelity = []
     for rank, (t, config) in enumerate(ranked, start=1):
         result = trained(config, f"trial #{t.number}")
-        fidelity.append({"rank": rank, "trial": t.number, "search_ap": float(t.values[0]),
-                         "ap": result.ap, **_describe(config), "error": result.error or ""})
+        fidelity.append(
+            {
+                "rank": rank,
+                "trial": t.number,
+                "search_ap": trial_ap(t),
+                "ap": result.ap,
+                **_describe(config),
+                "error": result.error or "",
+            }
+        )
     rho, p_value = spearman([r["search_ap"] for r in fidelity], [r["ap"] for r in fidelity])
 
     summary = {
@@ -406,9 +457,14 @@ def validate_study(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "study": {"name": d.study.name, "storage": location.url, "study_file": str(d.path)},
         "trial_number": chosen.number,
-        "coefficients": {"alpha": chosen.point.alpha, "beta": chosen.point.beta,
-                         "gamma": chosen.point.gamma, "width_growth": chosen.point.width_growth,
-                         "depth_step": chosen.point.depth_step, "fusion": chosen.point.fusion},
+        "coefficients": {
+            "alpha": chosen.point.alpha,
+            "beta": chosen.point.beta,
+            "gamma": chosen.point.gamma,
+            "width_growth": chosen.point.width_growth,
+            "depth_step": chosen.point.depth_step,
+            "fusion": chosen.point.fusion,
+        },
         "phi": phi,
         "target_macs": variants[0].target_macs if variants else None,
         "match_tolerance": MATCH_TOLERANCE,
@@ -417,52 +473,101 @@ def validate_study(
         "num_classes": num_classes,
         "methods": rows,
         "configs": {v.method: v.config.to_dict() for v in variants},
-        "fidelity": {"top_k": top_k, "trials": fidelity, "spearman_rho": rho,
-                     "p_value": p_value},
+        "fidelity": {"top_k": top_k, "trials": fidelity, "spearman_rho": rho, "p_value": p_value},
         "counting_convention": COUNTING_CONVENTION,
     }
-    md = _markdown(d.study.name, chosen.number, phi, rows, fidelity, rho, p_value,
-                   markdown_table)
-    import json
-
-    import pandas as pd
-
-    with atomic_directory(out, overwrite=overwrite, marker=_MARKER) as tmp:
+    md = _markdown(d.study.name, chosen.number, phi, rows, fidelity, rho, p_value, markdown_table)
+    with atomic_directory(out, command="validate", study=d, overwrite=overwrite) as tmp:
         pd.DataFrame.from_records(rows).to_csv(tmp / "validation.csv", index=False)
-        pd.DataFrame.from_records(fidelity, columns=["rank", "trial", "search_ap", "ap",
-                                                     "image_size", "backbone_width",
-                                                     "backbone_depth", "bifpn_width",
-                                                     "bifpn_depth", "head_depth", "params",
-                                                     "gmacs", "error"]
-                                  ).to_csv(tmp / "fidelity.csv", index=False)
+        pd.DataFrame.from_records(
+            fidelity,
+            columns=[
+                "rank",
+                "trial",
+                "search_ap",
+                "ap",
+                "image_size",
+                "backbone_width",
+                "backbone_depth",
+                "bifpn_width",
+                "bifpn_depth",
+                "head_depth",
+                "params",
+                "gmacs",
+                "error",
+            ],
+        ).to_csv(tmp / "fidelity.csv", index=False)
         (tmp / "validation.md").write_text(md)
-        plot_validation(tmp / "validation.png", rows, fidelity, rho=rho, phi=phi,
-                        title=f"{d.study.name}: trial {chosen.number} at φ = {phi:g}")
-        (tmp / "validation.json").write_text(json.dumps(summary, indent=2, allow_nan=False)
-                                             + "\n")
-    return ValidationResult(out=Path(out), phi=phi, trial=chosen.number, rows=rows,
-                            fidelity=fidelity, rho=rho, p_value=p_value, summary=summary)
+        plot_validation(
+            tmp / "validation.png",
+            rows,
+            fidelity,
+            rho=rho,
+            phi=phi,
+            title=f"{d.study.name}: trial {chosen.number} at φ = {phi:g}",
+        )
+        (tmp / "validation.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return ValidationResult(
+        out=Path(out),
+        phi=phi,
+        trial=chosen.number,
+        rows=rows,
+        fidelity=fidelity,
+        rho=rho,
+        p_value=p_value,
+        summary=summary,
+    )
 
 
-def _markdown(name: str, number: int, phi: float, rows: list[dict[str, Any]],
-              fidelity: list[dict[str, Any]], rho: float | None, p_value: float | None,
-              table: Callable[..., str]) -> str:
-    cols = ("method", "coefficient", "value", "image_size", "backbone_width", "backbone_depth",
-            "bifpn_width", "bifpn_depth", "params", "gmacs", "macs_ratio", "matched", "ap")
-    text = (f"# Scaling validation: {name}, trial {number}, φ = {phi:g}\n\n"
-            "Each method scales the search's proxy to the found model's MACs (±"
-            f"{MATCH_TOLERANCE:.0%}); AP after the study's training budget. GMACs: 1e9 "
-            "multiply-adds per image.\n\n")
+def _markdown(
+    name: str,
+    number: int,
+    phi: float,
+    rows: list[dict[str, Any]],
+    fidelity: list[dict[str, Any]],
+    rho: float | None,
+    p_value: float | None,
+    table: Callable[..., str],
+) -> str:
+    cols = (
+        "method",
+        "coefficient",
+        "value",
+        "image_size",
+        "backbone_width",
+        "backbone_depth",
+        "bifpn_width",
+        "bifpn_depth",
+        "params",
+        "gmacs",
+        "macs_ratio",
+        "matched",
+        "ap",
+    )
+    text = (
+        f"# Scaling validation: {name}, trial {number}, φ = {phi:g}\n\n"
+        "Each method scales the search's proxy to the found model's MACs (±"
+        f"{MATCH_TOLERANCE:.0%}); AP after the study's training budget. GMACs: 1e9 "
+        "multiply-adds per image.\n\n"
+    )
     text += table([{k: r[k] for k in cols} for r in rows])
     unmatched = [r["method"] for r in rows if not r["matched"]]
     if unmatched:
-        text += (f"\nNot matched within ±{MATCH_TOLERANCE:.0%} (rounding steps): "
-                 f"{', '.join(unmatched)}.\n")
+        text += (
+            f"\nNot matched within ±{MATCH_TOLERANCE:.0%} (rounding steps): "
+            f"{', '.join(unmatched)}.\n"
+        )
     text += f"\n## Proxy-rank fidelity (top {len(fidelity)} trials retrained at φ = {phi:g})\n\n"
     if fidelity:
-        text += table([{k: r[k] for k in ("rank", "trial", "search_ap", "ap", "gmacs")}
-                       for r in fidelity])
-    rho_text = "undefined (fewer than 2 trials or constant AP)" if rho is None else \
-        f"{rho:.4f} (p = {p_value:.4g})" if p_value is not None else f"{rho:.4f}"
+        text += table(
+            [{k: r[k] for k in ("rank", "trial", "search_ap", "ap", "gmacs")} for r in fidelity]
+        )
+    rho_text = (
+        "undefined (fewer than 2 trials or constant AP)"
+        if rho is None
+        else f"{rho:.4f} (p = {p_value:.4g})"
+        if p_value is not None
+        else f"{rho:.4f}"
+    )
     text += f"\nSpearman ρ between search AP and AP at φ = {phi:g}: {rho_text}\n"
     return text

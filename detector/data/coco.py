@@ -15,8 +15,8 @@ Targets
 Each item of :class:`CocoDetection` is ``(image, target)``:
 
 * ``image``: ``torch.uint8`` tensor ``[3, H, W]`` (RGB, channel-first). Without a transform this is
-  the original image; with :class:`~detector.data.transforms.ResizePad` or
-  :class:`~detector.data.transforms.TrainTransform` it is the network-input canvas.
+  the original image; with :class:`~effscale.detector.data.transforms.ResizePad` or
+  :class:`~effscale.detector.data.transforms.TrainTransform` it is the network-input canvas.
 * ``target["boxes"]``: ``torch.float32`` ``[N, 4]``, ``(x1, y1, x2, y2)`` in pixels of ``image``
   (continuous coordinates: a box covering pixel columns 0..9 is ``x1=0, x2=10``).
 * ``target["labels"]``: ``torch.int64`` ``[N]``, contiguous class labels ``0..num_classes-1``
@@ -83,7 +83,7 @@ class DataError(ValueError):
     """
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
@@ -111,7 +111,9 @@ def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
         raise DataError(f"dataset path {root} is not a folder; {hint}")
     split_dir = root / split
     if not split_dir.is_dir():
-        raise DataError(f"dataset folder {root} has no {split}/ split folder ({split_dir} is missing); {hint}")
+        raise DataError(
+            f"dataset folder {root} has no {split}/ split folder ({split_dir} is missing); {hint}"
+        )
     ann_file = split_dir / ANN_FILE_NAME
     if not ann_file.is_file():
         raise DataError(f"annotation file {ann_file} is missing; {hint}")
@@ -137,7 +139,9 @@ def _load_coco_json(ann_file: Path) -> dict:
         with open(ann_file, "rb") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        raise DataError(f"annotation file {ann_file} does not exist; point to a COCO instances.json") from None
+        raise DataError(
+            f"annotation file {ann_file} does not exist; point to a COCO instances.json"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(
             f"annotation file {ann_file} is not valid JSON ({_one_line(exc)}); "
@@ -156,25 +160,37 @@ def _load_coco_json(ann_file: Path) -> dict:
         )
     for key in _REQUIRED_KEYS:
         if not isinstance(data[key], list):
-            raise DataError(f"annotation file {ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
+            raise DataError(
+                f"annotation file {ann_file}: '{key}' must be a list, got {type(data[key]).__name__}"
+            )
     return data
 
 
 def _validate(data: dict, ann_file: Path) -> None:
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool):
+        if (
+            not isinstance(cat, dict)
+            or not isinstance(cat.get("id"), int)
+            or isinstance(cat.get("id"), bool)
+        ):
             raise DataError(f"annotation file {ann_file}: categories[{i}] needs an integer 'id'")
     cat_ids = [cat["id"] for cat in data["categories"]]
     if not cat_ids:
-        raise DataError(f"annotation file {ann_file} has no categories; add at least one to 'categories'")
+        raise DataError(
+            f"annotation file {ann_file} has no categories; add at least one to 'categories'"
+        )
     if len(set(cat_ids)) != len(cat_ids):
-        raise DataError(f"annotation file {ann_file}: category ids are not unique; give each category its own id")
+        raise DataError(
+            f"annotation file {ann_file}: category ids are not unique; give each category its own id"
+        )
     image_ids = set()
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise DataError(f"annotation file {ann_file}: images[{i}] needs 'id' and 'file_name'")
         if img["id"] in image_ids:
-            raise DataError(f"annotation file {ann_file}: image id {img['id']} appears twice in 'images'")
+            raise DataError(
+                f"annotation file {ann_file}: image id {img['id']} appears twice in 'images'"
+            )
         image_ids.add(img["id"])
     known_cats = set(cat_ids)
     for i, ann in enumerate(data["annotations"]):
@@ -185,7 +201,9 @@ def _validate(data: dict, ann_file: Path) -> None:
                 raise DataError(f"annotation file {ann_file}: annotations[{i}] is missing '{key}'")
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(f"annotation file {ann_file}: annotations[{i}].bbox must be [x, y, width, height]")
+            raise DataError(
+                f"annotation file {ann_file}: annotations[{i}].bbox must be [x, y, width, height]"
+            )
         if ann["category_id"] not in known_cats:
             raise DataError(
                 f"annotation file {ann_file}: annotations[{i}].category_id {ann['category_id']} "
@@ -230,7 +248,9 @@ class CocoDetection(Dataset):
         self.ann_file = Path(ann_file)
         self.transform = transform
         if not self.images_dir.is_dir():
-            raise DataError(f"image folder {self.images_dir} does not exist; point images_dir at the folder of the images")
+            raise DataError(
+                f"image folder {self.images_dir} does not exist; point images_dir at the folder of the images"
+            )
         data = _load_coco_json(self.ann_file)
         _validate(data, self.ann_file)
         for ann in data["annotations"]:  # optional in many real files; COCOeval needs both
@@ -258,12 +278,16 @@ class CocoDetection(Dataset):
 
         all_ids = sorted(coco.imgs)
         if not all_ids:
-            raise DataError(f"annotation file {self.ann_file} lists no images; add entries to 'images'")
+            raise DataError(
+                f"annotation file {self.ann_file} lists no images; add entries to 'images'"
+            )
         if subset is not None:
             if isinstance(subset, bool) or not isinstance(subset, int) or subset < 0:
                 raise DataError(f"subset must be a non-negative integer or None, got {subset!r}")
             if subset == 0:
-                raise DataError(f"subset=0 selects zero images of {self.ann_file}; use a positive subset or None")
+                raise DataError(
+                    f"subset=0 selects zero images of {self.ann_file}; use a positive subset or None"
+                )
             if subset < len(all_ids):
                 order = np.random.default_rng(seed).permutation(len(all_ids))[:subset]
                 all_ids = sorted(all_ids[i] for i in order)
@@ -286,7 +310,9 @@ class CocoDetection(Dataset):
         """COCO category id of contiguous ``label`` (``0 <= label < num_classes``)."""
         label = int(label)
         if not 0 <= label < self.num_classes:
-            raise DataError(f"label {label} is out of range for {self.ann_file}; expected 0..{self.num_classes - 1}")
+            raise DataError(
+                f"label {label} is out of range for {self.ann_file}; expected 0..{self.num_classes - 1}"
+            )
         return self.category_ids[label]
 
     def category_id_to_label(self, category_id: int) -> int:
@@ -366,9 +392,13 @@ class CocoDetection(Dataset):
                 raw.load()
                 image = raw.convert("RGB") if raw.mode != "RGB" else raw.copy()
         except FileNotFoundError:
-            raise DataError(f"image {path} listed in {self.ann_file} is missing on disk; restore it or fix 'file_name'") from None
+            raise DataError(
+                f"image {path} listed in {self.ann_file} is missing on disk; restore it or fix 'file_name'"
+            ) from None
         except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"image {path} cannot be decoded ({_one_line(exc)}); replace the file") from None
+            raise DataError(
+                f"image {path} cannot be decoded ({_one_line(exc)}); replace the file"
+            ) from None
         info = self.coco.imgs[self._image_ids[index]]
         expected = (info.get("width"), info.get("height"))
         if None not in expected and tuple(image.size) != tuple(int(v) for v in expected):
@@ -417,4 +447,3 @@ def load_split(
     """
     images_dir, ann_file = split_paths(data_dir, split)
     return CocoDetection(images_dir, ann_file, transform=transform, subset=subset, seed=seed)
-

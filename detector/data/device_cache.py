@@ -2,7 +2,7 @@
 
 A :class:`DeviceCache` decodes a split once on the CPU (with the :class:`ResizePad` geometry)
 and keeps every canvas on the device as ``uint8``; :meth:`DeviceCache.batch` gathers a batch by
-index and :func:`augment_batch` applies :class:`~detector.data.transforms.TrainTransform`'s
+index and :func:`augment_batch` applies :class:`~effscale.detector.data.transforms.TrainTransform`'s
 geometry (scale jitter, horizontal flip, random crop, box clipping and dropping) to the whole
 batch with one ``affine_grid`` + ``grid_sample``. Every shape is static (``B``, ``H``, ``W`` and
 the padded object count ``M`` never change) and nothing reads a tensor value back to the host,
@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Subset
 
 from .coco import DataError
@@ -43,9 +44,9 @@ from .transforms import (
     MIN_KEPT_AREA_FRACTION,
     ResizePad,
     _check_size,
-    imagenet_constants,
     _fit_ratio,
     _resized_shape,
+    imagenet_constants,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ PROGRESS_MIN_IMAGES = 500
 _UNIFORMS_PER_IMAGE = 4
 #: normalized grid coordinate far outside ``[-1, 1]``: grid_sample returns exact zeros there
 _OUTSIDE = -4.0
+
 
 def _normalize_float(images: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalize float32 ``[B, 3, H, W]`` images in ``0..255`` units, in place."""
@@ -101,7 +103,7 @@ def cache_nbytes(num_images: int, size: tuple[int, int] | int, max_objects: int)
 class DeviceAugment:
     """Random scale jitter, horizontal flip and crop, applied on the device by :func:`augment_batch`.
 
-    The same rules as :class:`~detector.data.transforms.TrainTransform`, with the letterboxed
+    The same rules as :class:`~effscale.detector.data.transforms.TrainTransform`, with the letterboxed
     canvas as the starting point.
 
     Attributes:
@@ -129,7 +131,11 @@ class DeviceAugment:
                 "e.g. scale_range=(0.8, 1.2)"
             )
         hflip_prob = self.hflip_prob
-        if isinstance(hflip_prob, bool) or not isinstance(hflip_prob, (int, float)) or not 0.0 <= hflip_prob <= 1.0:
+        if (
+            isinstance(hflip_prob, bool)
+            or not isinstance(hflip_prob, (int, float))
+            or not 0.0 <= hflip_prob <= 1.0
+        ):
             raise DataError(
                 f"DeviceAugment hflip_prob must be a probability in [0, 1], got {hflip_prob!r}; e.g. hflip_prob=0.5"
             )
@@ -148,12 +154,21 @@ def draw_augment_uniforms(
     return torch.rand((batch_size, _UNIFORMS_PER_IMAGE), generator=generator, device=device)
 
 
-def _check_batch(images, boxes, labels, content_hw, size: tuple[int, int], where: str = "augment_batch") -> None:
+def _check_batch(
+    images, boxes, labels, content_hw, size: tuple[int, int], where: str = "augment_batch"
+) -> None:
     """Shape/dtype/device checks (metadata only: no tensor value is read); ``where`` names the caller."""
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.dtype != torch.uint8
+        or images.ndim != 4
+        or images.shape[1] != 3
+    ):
         raise DataError(f"{where} images must be uint8 [B, 3, H, W], got {_describe(images)}")
     if tuple(images.shape[2:]) != size:
-        raise DataError(f"{where} images are {list(images.shape[2:])} but size is {list(size)}; pass the cache's size")
+        raise DataError(
+            f"{where} images are {list(images.shape[2:])} but size is {list(size)}; pass the cache's size"
+        )
     count = images.shape[0]
     expected = {
         "boxes": (boxes, torch.float32, "float32 [B, M, 4]", 3),
@@ -168,7 +183,9 @@ def _check_batch(images, boxes, labels, content_hw, size: tuple[int, int], where
             or tensor.shape[0] != count
             or tensor.device != images.device
         ):
-            raise DataError(f"{where} {name} must be {wanted} on the images' device, got {_describe(tensor)}")
+            raise DataError(
+                f"{where} {name} must be {wanted} on the images' device, got {_describe(tensor)}"
+            )
     if boxes.shape[1:] != (labels.shape[1], 4) or content_hw.shape[1] != 2:
         raise DataError(
             f"{where} boxes {list(boxes.shape)}, labels {list(labels.shape)} and content_hw "
@@ -278,7 +295,7 @@ def augment_batch(
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Vectorized :class:`~detector.data.transforms.TrainTransform` on the images' device.
+    """Vectorized :class:`~effscale.detector.data.transforms.TrainTransform` on the images' device.
 
     Per image, with ``(ch, cw)`` its content size and ``(H, W) = size``: draw
     ``s ~ U(augment.scale_range)``, flip with probability ``augment.hflip_prob`` (``x -> s * cw - x``)
@@ -304,7 +321,7 @@ def augment_batch(
 
     Returns:
         ``(images, boxes, labels)``: ``float32`` ``[B, 3, H, W]`` ImageNet-normalized (as
-        :func:`~detector.data.transforms.normalize`), ``float32`` ``[B, M, 4]`` canvas pixels
+        :func:`~effscale.detector.data.transforms.normalize`), ``float32`` ``[B, M, 4]`` canvas pixels
         (0 where dropped or padded), ``int64`` ``[B, M]`` (``-1`` where dropped or padded).
 
     Raises:
@@ -312,7 +329,9 @@ def augment_batch(
     """
     size = _check_size(size, "augment_batch size")
     if not isinstance(augment, DeviceAugment):
-        raise DataError(f"augment_batch augment must be a DeviceAugment, got {type(augment).__name__}")
+        raise DataError(
+            f"augment_batch augment must be a DeviceAugment, got {type(augment).__name__}"
+        )
     _check_batch(images_uint8, boxes, labels, content_hw, size)
     count = images_uint8.shape[0]
     if uniforms is None:
@@ -332,7 +351,11 @@ def augment_batch(
     scale, flip, x0, y0 = _draw_geometry(uniforms, content_hw, size, augment)
     grid = _sample_grid(scale, flip, x0, y0, content_hw, size)
     images = F.grid_sample(
-        images_uint8.to(torch.float32), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        images_uint8.to(torch.float32),
+        grid,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
     )
     out_boxes, out_labels = _transform_boxes(boxes, labels, scale, flip, x0, y0, content_hw, size)
     return _normalize_float(images), out_boxes, out_labels
@@ -380,13 +403,16 @@ class _Progress:
     def __init__(self, total: int, *, enabled: bool) -> None:
         self._bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("[bold]cache"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 transient=True)
+            self._bar = Progress(
+                TextColumn("[bold]cache"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
             self._task = self._bar.add_task("cache", total=total)
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self._bar is not None:
             self._bar.__enter__()
         return self
@@ -412,7 +438,7 @@ class DeviceCache:
             the canvas, pixels.
 
     ``M`` (:attr:`max_objects`) is the largest object count of the split rounded up to a multiple
-    of :data:`~detector.data.loader.OBJECTS_MULTIPLE` (at least that), fixed for the whole run.
+    of :data:`~effscale.detector.data.loader.OBJECTS_MULTIPLE` (at least that), fixed for the whole run.
     Build one with :meth:`from_dataset`; the constructor takes ready tensors.
 
     Raises:
@@ -420,10 +446,16 @@ class DeviceCache:
     """
 
     def __init__(
-        self, images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, content_hw: torch.Tensor
+        self,
+        images: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: torch.Tensor,
+        content_hw: torch.Tensor,
     ) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            raise DataError(f"DeviceCache images must be uint8 [N, 3, H, W], got {_describe(images)}")
+            raise DataError(
+                f"DeviceCache images must be uint8 [N, 3, H, W], got {_describe(images)}"
+            )
         size = (int(images.shape[2]), int(images.shape[3]))
         _check_batch(images, boxes, labels, content_hw, size, "DeviceCache")
         if labels.shape[1] < OBJECTS_MULTIPLE or labels.shape[1] % OBJECTS_MULTIPLE:
@@ -447,11 +479,11 @@ class DeviceCache:
         batch_decode: int = 64,
         num_workers: int = 0,
         quiet: bool = False,
-    ) -> "DeviceCache":
+    ) -> DeviceCache:
         """Decode every image of ``dataset`` on the CPU with ``ResizePad(size)`` and cache it on ``device``.
 
         Args:
-            dataset: a :class:`~detector.data.coco.CocoDetection` (or a ``torch`` ``Subset`` of
+            dataset: a :class:`~effscale.detector.data.coco.CocoDetection` (or a ``torch`` ``Subset`` of
                 one); its own ``transform`` is ignored, the dataset itself is not modified.
             size: canvas ``(H, W)`` in pixels (an int means square).
             device: where the cache lives.
@@ -481,8 +513,13 @@ class DeviceCache:
         images = torch.empty((count, 3, *size), dtype=torch.uint8, device=device)
         targets: list[tuple[torch.Tensor, torch.Tensor]] = []
         content: list[tuple[int, int]] = []
-        loader = DataLoader(view, batch_size=batch_decode, shuffle=False, num_workers=num_workers,
-                            collate_fn=_collate_canvases)
+        loader = DataLoader(
+            view,
+            batch_size=batch_decode,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_collate_canvases,
+        )
         start = 0
         with _Progress(count, enabled=not quiet and count > PROGRESS_MIN_IMAGES) as progress:
             for chunk, chunk_targets in loader:
@@ -526,7 +563,10 @@ class DeviceCache:
     @property
     def nbytes(self) -> int:
         """Bytes held on :attr:`device` (equals :func:`cache_nbytes` of this cache)."""
-        return sum(t.numel() * t.element_size() for t in (self.images, self.boxes, self.labels, self.content_hw))
+        return sum(
+            t.numel() * t.element_size()
+            for t in (self.images, self.boxes, self.labels, self.content_hw)
+        )
 
     # ------------------------------------------------------------------ batches
     def batch(
@@ -560,15 +600,25 @@ class DeviceCache:
             or indices.ndim != 1
             or indices.device != self.device
         ):
-            raise DataError(f"DeviceCache.batch indices must be int64 [B] on {self.device}, got {_describe(indices)}")
+            raise DataError(
+                f"DeviceCache.batch indices must be int64 [B] on {self.device}, got {_describe(indices)}"
+            )
         images = self.images.index_select(0, indices)
         boxes = self.boxes.index_select(0, indices)
         labels = self.labels.index_select(0, indices)
         if augment is None:
             return _normalize_float(images.to(torch.float32)), boxes, labels
         content_hw = self.content_hw.index_select(0, indices)
-        return augment_batch(images, boxes, labels, content_hw, size=self.size, augment=augment,
-                             generator=generator, uniforms=uniforms)
+        return augment_batch(
+            images,
+            boxes,
+            labels,
+            content_hw,
+            size=self.size,
+            augment=augment,
+            generator=generator,
+            uniforms=uniforms,
+        )
 
     def __repr__(self) -> str:
         return (

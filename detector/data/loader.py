@@ -41,7 +41,7 @@ class DetectionBatch:
 
     Attributes:
         images: ``torch.uint8`` ``[B, 3, H, W]`` RGB canvases (normalize on the device with
-            :func:`~detector.data.transforms.normalize`).
+            :func:`~effscale.detector.data.transforms.normalize`).
         boxes: ``torch.float32`` ``[B, M, 4]`` ``(x1, y1, x2, y2)`` in canvas pixels, 0 where padded.
         labels: ``torch.int64`` ``[B, M]`` contiguous labels, ``-1`` where padded (no object).
         image_ids: ``torch.int64`` ``[B]`` COCO image ids.
@@ -57,14 +57,16 @@ class DetectionBatch:
     scales: torch.Tensor
     orig_sizes: torch.Tensor
 
-    def _map(self, fn) -> "DetectionBatch":
-        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+    def _map(self, fn) -> DetectionBatch:
+        return dataclasses.replace(
+            self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
 
-    def to(self, device: torch.device | str, *, non_blocking: bool = True) -> "DetectionBatch":
+    def to(self, device: torch.device | str, *, non_blocking: bool = True) -> DetectionBatch:
         """A copy with every tensor on ``device`` (asynchronous from pinned memory by default)."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "DetectionBatch":
+    def pin_memory(self) -> DetectionBatch:
         """A copy with every tensor in page-locked memory (used by ``DataLoader(pin_memory=True)``)."""
         return self._map(lambda t: t.pin_memory())
 
@@ -84,7 +86,10 @@ class DetectionBatch:
     def targets(self) -> list[dict[str, torch.Tensor]]:
         """Unpadded per-image targets: ``[{"boxes": float32 [N_i, 4], "labels": int64 [N_i]}, ...]``."""
         valid = self.valid
-        return [{"boxes": self.boxes[i][valid[i]], "labels": self.labels[i][valid[i]]} for i in range(len(self))]
+        return [
+            {"boxes": self.boxes[i][valid[i]], "labels": self.labels[i][valid[i]]}
+            for i in range(len(self))
+        ]
 
 
 def padded_object_count(count: int) -> int:
@@ -93,7 +98,7 @@ def padded_object_count(count: int) -> int:
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> DetectionBatch:
-    """Collate ``(image, target)`` items of :class:`~detector.data.coco.CocoDetection` into a batch.
+    """Collate ``(image, target)`` items of :class:`~effscale.detector.data.coco.CocoDetection` into a batch.
 
     Args:
         batch: items whose images are ``uint8`` ``[3, H, W]`` tensors of one common ``(H, W)``
@@ -112,9 +117,20 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> D
     targets = [item[1] for item in batch]
     first = images[0]
     for image in images:
-        if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-            described = f"{image.dtype} {list(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
-            raise DataError(f"collate_detection needs uint8 [3, H, W] images, got {described}; keep images uint8 until normalize")
+        if (
+            not isinstance(image, torch.Tensor)
+            or image.dtype != torch.uint8
+            or image.ndim != 3
+            or image.shape[0] != 3
+        ):
+            described = (
+                f"{image.dtype} {list(image.shape)}"
+                if isinstance(image, torch.Tensor)
+                else type(image).__name__
+            )
+            raise DataError(
+                f"collate_detection needs uint8 [3, H, W] images, got {described}; keep images uint8 until normalize"
+            )
         if image.shape != first.shape:
             raise DataError(
                 f"collate_detection got images of sizes {list(first.shape[1:])} and {list(image.shape[1:])}; "
@@ -127,7 +143,9 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> D
     labels = torch.full((size, padded), PAD_LABEL, dtype=torch.int64)
     for i, (target, count) in enumerate(zip(targets, counts)):
         if count:
-            boxes[i, :count] = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(count, 4)
+            boxes[i, :count] = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(
+                count, 4
+            )
             labels[i, :count] = torch.as_tensor(target["labels"], dtype=torch.int64).reshape(count)
     return DetectionBatch(
         images=torch.stack(images),
@@ -135,7 +153,9 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> D
         labels=labels,
         image_ids=torch.tensor([int(t["image_id"]) for t in targets], dtype=torch.int64),
         scales=torch.tensor([float(t.get("scale", 1.0)) for t in targets], dtype=torch.float32),
-        orig_sizes=torch.tensor([[int(v) for v in t["orig_size"]] for t in targets], dtype=torch.int64),
+        orig_sizes=torch.tensor(
+            [[int(v) for v in t["orig_size"]] for t in targets], dtype=torch.int64
+        ),
     )
 
 
@@ -148,9 +168,9 @@ def _reseed_transforms(dataset: Any, seed: int) -> None:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        transform = getattr(node, "transform", None)
-        if callable(getattr(transform, "reseed", None)):
-            transform.reseed(seed)
+        reseed = getattr(getattr(node, "transform", None), "reseed", None)
+        if callable(reseed):
+            reseed(seed)
         pending.append(getattr(node, "dataset", None))  # torch Subset and similar wrappers
         pending.extend(getattr(node, "datasets", None) or ())  # ConcatDataset
 
@@ -183,7 +203,7 @@ def make_loader(
 
     Args:
         dataset: a map-style dataset of ``(image, target)`` items, typically
-            :class:`~detector.data.coco.CocoDetection` with a fixed-size transform.
+            :class:`~effscale.detector.data.coco.CocoDetection` with a fixed-size transform.
         batch_size: images per batch, ``>= 1``.
         train: shuffle (with a ``torch.Generator`` seeded by ``seed``) and, by default, drop the
             last incomplete batch; evaluation keeps the dataset order and every image.
@@ -203,7 +223,7 @@ def make_loader(
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise DataError(f"num_workers must be a non-negative integer, got {num_workers!r}")
-    size = len(dataset)
+    size = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__
     if size == 0:
         raise DataError("make_loader got an empty dataset; check the dataset folder and subset")
     drop_last = bool(train) if drop_last is None else bool(drop_last)

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -93,7 +94,9 @@ class SyntheticSummary:
         for item in self.splits:
             if item.name == name:
                 return item
-        raise DataError(f"synthetic dataset has no split {name!r}; use one of {', '.join(s.name for s in self.splits)}")
+        raise DataError(
+            f"synthetic dataset has no split {name!r}; use one of {', '.join(s.name for s in self.splits)}"
+        )
 
     def describe(self) -> str:
         """One line: counts, classes, image size and folder."""
@@ -121,16 +124,24 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     color_b = np.clip(color_a + rng.uniform(-90.0, 90.0, size=3), 0.0, 255.0).astype(np.float32)
 
     # luminance texture shared by the channels: stripes and pixel noise
-    texture = rng.standard_normal((height, width), dtype=np.float32) * np.float32(rng.uniform(3.0, 14.0))
+    texture = rng.standard_normal((height, width), dtype=np.float32) * np.float32(
+        rng.uniform(3.0, 14.0)
+    )
     if rng.random() < 0.5:
         theta = rng.uniform(0.0, math.pi)
         period = rng.uniform(6.0, 40.0)
-        phase = (np.float32(math.cos(theta)) * np.arange(width, dtype=np.float32)[None, :]
-                 + np.float32(math.sin(theta)) * np.arange(height, dtype=np.float32)[:, None])
-        texture += np.sin(phase * np.float32(2.0 * math.pi / period)) * np.float32(rng.uniform(8.0, 28.0))
+        phase = (
+            np.float32(math.cos(theta)) * np.arange(width, dtype=np.float32)[None, :]
+            + np.float32(math.sin(theta)) * np.arange(height, dtype=np.float32)[:, None]
+        )
+        texture += np.sin(phase * np.float32(2.0 * math.pi / period)) * np.float32(
+            rng.uniform(8.0, 28.0)
+        )
 
     # low-frequency colored blotches
-    grid = rng.uniform(0.0, 255.0, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3)).astype(np.uint8)
+    grid = rng.uniform(
+        0.0, 255.0, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3)
+    ).astype(np.uint8)
     blotch = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR))
     blotch_gain = np.float32(rng.uniform(10.0, 35.0) / 127.5)
 
@@ -145,13 +156,24 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.ascontiguousarray(image.astype(np.uint8).transpose(1, 2, 0))
 
 
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    red, green, blue = (int(v) for v in values[:3])
+    return red, green, blue
+
+
 def _dim_color(rng: np.random.Generator, near: np.ndarray, spread: float) -> tuple[int, int, int]:
     color = np.clip(near + rng.uniform(-spread, spread, size=3), 0, 255)
-    return tuple(int(v) for v in color)
+    return _rgb(color)
 
 
-def _draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: int, width: int,
-                  mean: np.ndarray, count: int) -> None:
+def _draw_clutter(
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    mean: np.ndarray,
+    count: int,
+) -> None:
     """Non-class distractors: thin lines, random-walk scribbles and dots of modest contrast."""
     for _ in range(count):
         kind = rng.integers(0, 3)
@@ -159,11 +181,17 @@ def _draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: i
         if kind == 0:
             x1, x2 = rng.uniform(0, width, size=2)
             y1, y2 = rng.uniform(0, height, size=2)
-            draw.line([(float(x1), float(y1)), (float(x2), float(y2))], fill=color, width=int(rng.integers(1, 3)))
+            draw.line(
+                [(float(x1), float(y1)), (float(x2), float(y2))],
+                fill=color,
+                width=int(rng.integers(1, 3)),
+            )
         elif kind == 1:
             steps = int(rng.integers(4, 12))
             start = rng.uniform((0, 0), (width, height))
-            walk = start + np.cumsum(rng.normal(0.0, 0.05 * min(height, width), size=(steps, 2)), axis=0)
+            walk = start + np.cumsum(
+                rng.normal(0.0, 0.05 * min(height, width), size=(steps, 2)), axis=0
+            )
             draw.line([(float(x), float(y)) for x, y in walk], fill=color, width=1)
         else:
             for _ in range(int(rng.integers(3, 10))):
@@ -194,8 +222,12 @@ def _unit_polygon(name: str) -> np.ndarray:
 _POLYGONS = {name: _unit_polygon(name) for name in ("triangle", "diamond", "hexagon", "star")}
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[int, int, int, int],
-                color: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    name: str,
+    box: tuple[int, int, int, int],
+    color: tuple[int, int, int],
+) -> None:
     """Draw shape ``name`` filling the pixel box ``(x, y, w, h)`` (columns ``x .. x + w - 1``)."""
     x, y, w, h = box
     x2, y2 = x + w - 1, y + h - 1
@@ -220,9 +252,9 @@ def _contrasting_color(rng: np.random.Generator, under: np.ndarray) -> tuple[int
     for _ in range(8):
         color = rng.integers(0, 256, size=3)
         if abs(_luma(color) - target) >= _MIN_CONTRAST:
-            return tuple(int(v) for v in color)
+            return _rgb(color)
     low, high = (0, 70) if target > 127.5 else (185, 256)
-    return tuple(int(v) for v in rng.integers(low, high, size=3))
+    return _rgb(rng.integers(low, high, size=3))
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
@@ -231,8 +263,9 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
     return max(0, w) * max(0, h)
 
 
-def _render(seed: int, split_index: int, index: int, size: tuple[int, int],
-            num_classes: int) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
+def _render(
+    seed: int, split_index: int, index: int, size: tuple[int, int], num_classes: int
+) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
     """Draw one image; returns it and its ``(label, (x, y, w, h))`` objects."""
     rng = np.random.default_rng([seed, split_index, index])
     height, width = size
@@ -250,13 +283,22 @@ def _render(seed: int, split_index: int, index: int, size: tuple[int, int],
         label = int(rng.integers(0, num_classes))
         name = SHAPE_CATEGORIES[label][0]
         for _ in range(_PLACEMENT_TRIES):
-            long_side = int(round(math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_side + 0.5)))))
+            long_side = int(
+                round(math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_side + 0.5))))
+            )
             long_side = min(max(long_side, MIN_OBJECT_SIZE), max_side)
-            short_side = long_side if name == "square" else max(MIN_OBJECT_SIZE, int(round(long_side * rng.uniform(0.8, 1.0))))
+            short_side = (
+                long_side
+                if name == "square"
+                else max(MIN_OBJECT_SIZE, int(round(long_side * rng.uniform(0.8, 1.0))))
+            )
             w, h = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
             box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
             overlaps = [_overlap(box, prev) for _, prev in objects]
-            if all(covered[j] + overlaps[j] <= MAX_OCCLUSION * prev[2] * prev[3] for j, (_, prev) in enumerate(objects)):
+            if all(
+                covered[j] + overlaps[j] <= MAX_OCCLUSION * prev[2] * prev[3]
+                for j, (_, prev) in enumerate(objects)
+            ):
                 break
         else:
             continue  # no legal place found: skip this object
@@ -288,18 +330,30 @@ def _check_image_size(value: object) -> tuple[int, int]:
     if (
         not isinstance(value, (tuple, list))
         or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= 4096 for v in value)
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= 4096 for v in value
+        )
     ):
-        raise DataError(f"image_size must be (height, width) with each side 32..4096 pixels, got {value!r}")
+        raise DataError(
+            f"image_size must be (height, width) with each side 32..4096 pixels, got {value!r}"
+        )
     return int(value[0]), int(value[1])
 
 
-def _write_split(root: Path, name: str, split_index: int, count: int, size: tuple[int, int],
-                 num_classes: int, seed: int) -> tuple[int, int]:
+def _write_split(
+    root: Path,
+    name: str,
+    split_index: int,
+    count: int,
+    size: tuple[int, int],
+    num_classes: int,
+    seed: int,
+) -> tuple[int, int]:
     split_dir = root / name
     images_dir = split_dir / IMAGES_DIR_NAME
     images_dir.mkdir(parents=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(count):
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
@@ -307,16 +361,24 @@ def _write_split(root: Path, name: str, split_index: int, count: int, size: tupl
         image.save(images_dir / file_name, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
         images.append({"id": image_id, "file_name": file_name, "width": size[1], "height": size[0]})
         for label, (x, y, w, h) in objects:
-            annotations.append({
-                "id": len(annotations) + 1,  # COCO ids start at 1 (COCOeval treats id 0 as unmatched)
-                "image_id": image_id,
-                "category_id": SHAPE_CATEGORIES[label][1],
-                "bbox": [float(x), float(y), float(w), float(h)],
-                "area": float(w * h),
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations)
+                    + 1,  # COCO ids start at 1 (COCOeval treats id 0 as unmatched)
+                    "image_id": image_id,
+                    "category_id": SHAPE_CATEGORIES[label][1],
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
     document = {
-        "info": {"description": "effscale synthetic shapes", "version": "1", "seed": seed, "split": name},
+        "info": {
+            "description": "effscale synthetic shapes",
+            "version": "1",
+            "seed": seed,
+            "split": name,
+        },
         "licenses": [],
         "categories": [
             {"id": cat_id, "name": cat_name, "supercategory": "shape"}
@@ -325,7 +387,9 @@ def _write_split(root: Path, name: str, split_index: int, count: int, size: tupl
         "images": images,
         "annotations": annotations,
     }
-    (split_dir / ANN_FILE_NAME).write_text(json.dumps(document, separators=(",", ":")) + "\n", encoding="utf-8")
+    (split_dir / ANN_FILE_NAME).write_text(
+        json.dumps(document, separators=(",", ":")) + "\n", encoding="utf-8"
+    )
     return count, len(annotations)
 
 
@@ -363,8 +427,14 @@ def make_synthetic_coco(
     n_train = _check_count(n_train, "n_train")
     n_val = _check_count(n_val, "n_val")
     size = _check_image_size(image_size)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= len(SHAPE_CATEGORIES):
-        raise DataError(f"num_classes must be an integer in 1..{len(SHAPE_CATEGORIES)}, got {num_classes!r}")
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or not 1 <= num_classes <= len(SHAPE_CATEGORIES)
+    ):
+        raise DataError(
+            f"num_classes must be an integer in 1..{len(SHAPE_CATEGORIES)}, got {num_classes!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
 
@@ -373,7 +443,9 @@ def make_synthetic_coco(
         raise DataError(f"{root} exists and is not a folder; choose another dataset folder")
     existing = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if existing and not overwrite:
-        raise DataError(f"{root} already exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+        raise DataError(
+            f"{root} already exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+        )
     foreign = [name for name in existing if name not in SPLITS]
     if foreign:
         raise DataError(
@@ -409,4 +481,6 @@ def make_synthetic_coco(
         )
         for name in SPLITS
     )
-    return SyntheticSummary(root=root, splits=splits, image_size=size, num_classes=num_classes, seed=seed)
+    return SyntheticSummary(
+        root=root, splits=splits, image_size=size, num_classes=num_classes, seed=seed
+    )

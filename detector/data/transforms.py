@@ -1,6 +1,6 @@
 """Detection transforms: PIL RGB image + target in, ``uint8`` canvas + target out.
 
-Both transforms follow the protocol of :mod:`detector.data.coco`: ``transform(image, target)``
+Both transforms follow the protocol of :mod:`effscale.detector.data.coco`: ``transform(image, target)``
 takes a PIL image (or a ``uint8`` ``[3, H, W]`` tensor) and a target whose ``boxes`` are
 ``float32`` ``[N, 4]`` ``(x1, y1, x2, y2)`` in the input's pixels, and returns
 ``(canvas, target)`` where ``canvas`` is a ``torch.uint8`` ``[3, H, W]`` tensor of exactly
@@ -62,7 +62,9 @@ def _to_pil(image: Image.Image | torch.Tensor) -> Image.Image:
                 f"{list(image.shape)}; load images with CocoDetection"
             )
         return Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy())
-    raise DataError(f"image must be a PIL image or a uint8 [3, H, W] tensor, got {type(image).__name__}")
+    raise DataError(
+        f"image must be a PIL image or a uint8 [3, H, W] tensor, got {type(image).__name__}"
+    )
 
 
 def _fit_ratio(height: int, width: int, size: tuple[int, int]) -> float:
@@ -98,7 +100,9 @@ class ResizePad:
     def __init__(self, size: tuple[int, int] | int) -> None:
         self.size = _check_size(size, "ResizePad size")
 
-    def __call__(self, image: Image.Image | torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    def __call__(
+        self, image: Image.Image | torch.Tensor, target: dict
+    ) -> tuple[torch.Tensor, dict]:
         """Return ``(uint8 [3, H, W] canvas, target)`` with boxes in canvas pixels."""
         pil = _to_pil(image)
         width, height = pil.size
@@ -135,7 +139,7 @@ class TrainTransform:
     ``target["scale"]`` becomes ``scale_in / r`` (the crop offset and flip are not undone by it).
 
     Randomness comes from a private :class:`random.Random` seeded with ``seed``: the same seed
-    gives the same sequence of augmentations on any machine. :func:`~detector.data.loader.make_loader`
+    gives the same sequence of augmentations on any machine. :func:`~effscale.detector.data.loader.make_loader`
     calls :meth:`reseed` in every worker so that workers draw different streams.
 
     Args:
@@ -160,9 +164,17 @@ class TrainTransform:
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale_range)
             or not 0 < scale_range[0] <= scale_range[1] < float("inf")
         ):
-            raise DataError(f"TrainTransform scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
-        if isinstance(hflip_prob, bool) or not isinstance(hflip_prob, (int, float)) or not 0.0 <= hflip_prob <= 1.0:
-            raise DataError(f"TrainTransform hflip_prob must be a probability in [0, 1], got {hflip_prob!r}")
+            raise DataError(
+                f"TrainTransform scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}"
+            )
+        if (
+            isinstance(hflip_prob, bool)
+            or not isinstance(hflip_prob, (int, float))
+            or not 0.0 <= hflip_prob <= 1.0
+        ):
+            raise DataError(
+                f"TrainTransform hflip_prob must be a probability in [0, 1], got {hflip_prob!r}"
+            )
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.hflip_prob = float(hflip_prob)
         self.seed = int(seed)
@@ -173,7 +185,9 @@ class TrainTransform:
         self.seed = int(seed)
         self._rng = random.Random(self.seed)
 
-    def __call__(self, image: Image.Image | torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    def __call__(
+        self, image: Image.Image | torch.Tensor, target: dict
+    ) -> tuple[torch.Tensor, dict]:
         """Return ``(uint8 [3, H, W] canvas, target)`` with boxes in canvas pixels."""
         rng = self._rng
         out_h, out_w = self.size
@@ -199,13 +213,19 @@ class TrainTransform:
         boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4) * ratio
         labels = torch.as_tensor(target["labels"], dtype=torch.int64).reshape(-1)
         if flip:
-            boxes = torch.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], dim=1)
+            boxes = torch.stack(
+                [new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], dim=1
+            )
         boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, visible_w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, visible_h)
         box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = (box_w * box_h >= MIN_KEPT_AREA_FRACTION * area) & (box_w >= MIN_BOX_SIDE) & (box_h >= MIN_BOX_SIDE)
+        keep = (
+            (box_w * box_h >= MIN_KEPT_AREA_FRACTION * area)
+            & (box_w >= MIN_BOX_SIDE)
+            & (box_h >= MIN_BOX_SIDE)
+        )
 
         out = dict(target)
         out["boxes"] = boxes[keep].contiguous()
@@ -233,13 +253,20 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     Raises:
         DataError: ``images`` is not ``uint8`` with 3 channels at dim -3.
     """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim not in (3, 4) or images.shape[-3] != 3:
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.dtype != torch.uint8
+        or images.ndim not in (3, 4)
+        or images.shape[-3] != 3
+    ):
         described = (
             f"{str(images.dtype).removeprefix('torch.')} {list(images.shape)}"
             if isinstance(images, torch.Tensor)
             else type(images).__name__
         )
-        raise DataError(f"normalize expects uint8 images [B, 3, H, W], got {described}; normalize once, on the device")
+        raise DataError(
+            f"normalize expects uint8 images [B, 3, H, W], got {described}; normalize once, on the device"
+        )
     mean, inv_std = imagenet_constants(images.device)
     return images.to(torch.float32).sub_(mean).mul_(inv_std)
 
@@ -255,7 +282,8 @@ def imagenet_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     constants = _CONSTANTS.get(device)
     if constants is None:
         mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).mul_(255.0)
-        inv_std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).mul_(255.0).reciprocal_()
+        inv_std = (
+            torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).mul_(255.0).reciprocal_()
+        )
         constants = _CONSTANTS[device] = (mean.view(3, 1, 1), inv_std.view(3, 1, 1))
     return constants
-

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from detector.config import PRESET_NAMES, DetectorConfig, from_scaling, load_config, preset
-from detector.scaling import BifpnRule, CompoundCoefficients, ResolutionRule, ScalingSpec
+from effscale.detector.config import PRESET_NAMES, DetectorConfig, from_scaling, load_config, preset
+from effscale.detector.scaling import BifpnRule, CompoundCoefficients, ResolutionRule, ScalingSpec
 
 __all__ = ["add_spec_arguments", "configs_from_args", "parse_preset_list", "parse_image_size"]
 
@@ -19,13 +19,22 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, allow_config: bool = 
     group.add_argument("--phi", type=float, help="compound coefficient φ (may be negative)")
     group.add_argument("--alpha", type=float, default=1.2, help="depth coefficient α (default 1.2)")
     group.add_argument("--beta", type=float, default=1.1, help="width coefficient β (default 1.1)")
-    group.add_argument("--gamma", type=float, default=1.15,
-                       help="resolution coefficient γ, used with --resolution-rule compound")
-    group.add_argument("--resolution-rule", choices=("linear", "compound"), default="linear",
-                       help="linear: base + step·φ (paper, default); compound: base·γ^φ")
+    group.add_argument(
+        "--gamma",
+        type=float,
+        default=1.15,
+        help="resolution coefficient γ, used with --resolution-rule compound",
+    )
+    group.add_argument(
+        "--resolution-rule",
+        choices=("linear", "compound"),
+        default="linear",
+        help="linear: base + step·φ (paper, default); compound: base·γ^φ",
+    )
     group.add_argument("--resolution-base", type=float, default=512.0, help="pixels at φ=0")
-    group.add_argument("--resolution-step", type=float, default=128.0,
-                       help="pixels per unit φ (linear rule)")
+    group.add_argument(
+        "--resolution-step", type=float, default=128.0, help="pixels per unit φ (linear rule)"
+    )
     group.add_argument("--bifpn-width", type=float, default=64.0, help="BiFPN channels at φ=0")
     group.add_argument("--bifpn-growth", type=float, default=1.35, help="BiFPN width growth per φ")
     group.add_argument("--bifpn-depth", type=float, default=3.0, help="BiFPN cells at φ=0")
@@ -33,7 +42,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, allow_config: bool = 
     group.add_argument("--head-depth", type=int, default=3, help="head convs at φ=0")
     group.add_argument("--fusion", choices=("fastattn", "attn", "sum"), default="fastattn")
     group.add_argument("--image-size", help="override the input size: 512 or HxW (multiples of 32)")
-    parser.add_argument("--num-classes", type=int, default=90, help="number of classes (default 90)")
+    parser.add_argument(
+        "--num-classes", type=int, default=90, help="number of classes (default 90)"
+    )
 
 
 def parse_preset_list(text: str) -> list[str]:
@@ -45,11 +56,12 @@ def parse_preset_list(text: str) -> list[str]:
             lo, hi = part.split("-", 1)
             if lo not in PRESET_NAMES or hi not in PRESET_NAMES:
                 raise ValueError(f"--preset: unknown range {part!r}; use e.g. d0-d7")
-            names += list(PRESET_NAMES[PRESET_NAMES.index(lo):PRESET_NAMES.index(hi) + 1])
+            names += list(PRESET_NAMES[PRESET_NAMES.index(lo) : PRESET_NAMES.index(hi) + 1])
         elif part:
             if part not in PRESET_NAMES:
-                raise ValueError(f"--preset: unknown preset {part!r}; choose from "
-                                 f"{', '.join(PRESET_NAMES)}")
+                raise ValueError(
+                    f"--preset: unknown preset {part!r}; choose from {', '.join(PRESET_NAMES)}"
+                )
             names.append(part)
     if not names:
         raise ValueError("--preset: empty; use e.g. d0 or d0-d7")
@@ -76,20 +88,29 @@ def configs_from_args(args: argparse.Namespace) -> list[DetectorConfig]:
     size = parse_image_size(getattr(args, "image_size", None))
     chosen = [name for name in ("preset", "config", "phi") if getattr(args, name, None) is not None]
     if len(chosen) != 1:
-        raise ValueError("detector: give exactly one of --preset, --config or --phi "
-                         f"(got {', '.join('--' + c for c in chosen) or 'none'})")
+        raise ValueError(
+            "detector: give exactly one of --preset, --config or --phi "
+            f"(got {', '.join('--' + c for c in chosen) or 'none'})"
+        )
     if args.preset is not None:
-        configs = [preset(name, num_classes=args.num_classes) for name in parse_preset_list(args.preset)]
+        configs = [
+            preset(name, num_classes=args.num_classes) for name in parse_preset_list(args.preset)
+        ]
     elif getattr(args, "config", None) is not None:
         configs = [load_config(args.config)]
     else:
         spec = ScalingSpec(
             coefficients=CompoundCoefficients(alpha=args.alpha, beta=args.beta, gamma=args.gamma),
-            bifpn=BifpnRule(width_base=args.bifpn_width, width_growth=args.bifpn_growth,
-                            depth_base=args.bifpn_depth, depth_step=args.bifpn_depth_step,
-                            head_depth_base=args.head_depth),
-            resolution=ResolutionRule(kind=args.resolution_rule, base=args.resolution_base,
-                                      step=args.resolution_step),
+            bifpn=BifpnRule(
+                width_base=args.bifpn_width,
+                width_growth=args.bifpn_growth,
+                depth_base=args.bifpn_depth,
+                depth_step=args.bifpn_depth_step,
+                head_depth_base=args.head_depth,
+            ),
+            resolution=ResolutionRule(
+                kind=args.resolution_rule, base=args.resolution_base, step=args.resolution_step
+            ),
         )
         configs = [from_scaling(spec, args.phi, num_classes=args.num_classes, fusion=args.fusion)]
     if size is not None:

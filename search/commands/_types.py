@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["positive_int", "nonnegative_int", "positive_int_or_auto"]
 

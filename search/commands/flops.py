@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from detector.complexity import count_complexity
-from search.commands._output import add_format_argument, print_records
-from search.commands._spec_args import add_spec_arguments, configs_from_args
+from effscale.detector.complexity import count_complexity
 
-__all__ = ["register", "run", "complexity_records"]
+from ._output import add_format_argument, print_records
+from ._spec_args import add_spec_arguments, configs_from_args
+
+__all__ = ["configure", "run", "complexity_records"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``flops`` command."""
-    parser = subparsers.add_parser(
-        "flops",
-        help="count params, MACs and activations of presets or a spec",
-        description="Count params, multiply-adds (MACs, per image) and activations (conv output "
-                    "elements per image) without allocating the model.",
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``effscale flops``."""
+    parser.description = (
+        "Count params, multiply-adds (MACs, per image) and activations (conv output "
+        "elements per image) without allocating the model."
     )
     add_spec_arguments(parser)
     add_format_argument(parser)
@@ -30,20 +29,22 @@ def complexity_records(configs) -> list[dict]:
     records = []
     for config in configs:
         cost = count_complexity(config)
-        records.append({
-            "name": config.name,
-            "image_size": list(config.image_size),
-            "params": cost.params,
-            "macs": cost.macs,
-            "gmacs": round(cost.gmacs, 3),
-            "activations": cost.activations,
-            "width_multiplier": config.backbone.width_multiplier,
-            "depth_multiplier": config.backbone.depth_multiplier,
-            "bifpn_channels": config.fpn.channels,
-            "bifpn_repeats": config.fpn.repeats,
-            "head_repeats": config.head.repeats,
-            "fusion": config.fpn.fusion,
-        })
+        records.append(
+            {
+                "name": config.name,
+                "image_size": list(config.image_size),
+                "params": cost.params,
+                "macs": cost.macs,
+                "gmacs": round(cost.gmacs, 3),
+                "activations": cost.activations,
+                "width_multiplier": config.backbone.width_multiplier,
+                "depth_multiplier": config.backbone.depth_multiplier,
+                "bifpn_channels": config.fpn.channels,
+                "bifpn_repeats": config.fpn.repeats,
+                "head_repeats": config.head.repeats,
+                "fusion": config.fpn.fusion,
+            }
+        )
     return records
 
 
@@ -51,17 +52,20 @@ def run(args: argparse.Namespace) -> int:
     """Print the complexity table; returns 0."""
     records = complexity_records(configs_from_args(args))
     if args.format == "table":
-        rows = [{
-            "name": r["name"],
-            "size": "x".join(map(str, r["image_size"])),
-            "params (M)": r["params"] / 1e6,
-            "GMACs": r["macs"] / 1e9,
-            "activations (M)": r["activations"] / 1e6,
-            "backbone w x d": f'{r["width_multiplier"]:g} x {r["depth_multiplier"]:g}',
-            "BiFPN W x D": f'{r["bifpn_channels"]} x {r["bifpn_repeats"]}',
-            "head": r["head_repeats"],
-            "fusion": r["fusion"],
-        } for r in records]
+        rows = [
+            {
+                "name": r["name"],
+                "size": "x".join(map(str, r["image_size"])),
+                "params (M)": r["params"] / 1e6,
+                "GMACs": r["macs"] / 1e9,
+                "activations (M)": r["activations"] / 1e6,
+                "backbone w x d": f"{r['width_multiplier']:g} x {r['depth_multiplier']:g}",
+                "BiFPN W x D": f"{r['bifpn_channels']} x {r['bifpn_repeats']}",
+                "head": r["head_repeats"],
+                "fusion": r["fusion"],
+            }
+            for r in records
+        ]
         print_records(rows, "table", title="Complexity per image (MACs = multiply-adds)")
     elif args.format == "csv":
         for r in records:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from search.commands._types import nonnegative_int, positive_int
+from effscale.detector.data.synthetic import make_synthetic_coco
 
-__all__ = ["register", "run", "parse_image_size"]
+from ._types import nonnegative_int, positive_int
+
+__all__ = ["configure", "run", "parse_image_size"]
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -25,32 +27,47 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return values
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``make-data`` command to ``subparsers``; its handler is :func:`run`."""
-    parser = subparsers.add_parser(
-        "make-data",
-        help="write a synthetic COCO-format shapes dataset",
-        description=(
-            "Write a synthetic shapes dataset (6 classes, textured backgrounds, clutter, occlusion) as "
-            "DIR/{train,val}/instances.json + images/. The same seed gives identical files."
-        ),
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``effscale make-data``."""
+    parser.description = (
+        "Write a synthetic shapes dataset (6 classes, textured backgrounds, clutter, occlusion) as "
+        "DIR/{train,val}/instances.json + images/. The same seed gives identical files."
     )
-    parser.add_argument("dir", metavar="DIR", help="dataset folder to create (must be new or empty)")
-    parser.add_argument("--train", type=positive_int(), default=256, metavar="N", help="training images (default 256)")
-    parser.add_argument("--val", type=positive_int(), default=64, metavar="N", help="validation images (default 64)")
-    parser.add_argument("--seed", type=nonnegative_int("seed"), default=0, metavar="S", help="random seed (default 0)")
     parser.add_argument(
-        "--image-size", type=parse_image_size, default=(256, 256), metavar="SIZE",
+        "dir", metavar="DIR", help="dataset folder to create (must be new or empty)"
+    )
+    parser.add_argument(
+        "--train",
+        type=positive_int(),
+        default=256,
+        metavar="N",
+        help="training images (default 256)",
+    )
+    parser.add_argument(
+        "--val", type=positive_int(), default=64, metavar="N", help="validation images (default 64)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=nonnegative_int("seed"),
+        default=0,
+        metavar="S",
+        help="random seed (default 0)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=parse_image_size,
+        default=(256, 256),
+        metavar="SIZE",
         help="image size in pixels: N for square or HxW, height x width (default 256)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DIR")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset in DIR"
+    )
     parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset described by ``args`` and print one summary line; returns 0."""
-    from detector.data.synthetic import make_synthetic_coco
 
     summary = make_synthetic_coco(
         args.dir,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from search.commands._types import positive_int, positive_int_or_auto
-from search.commands._output import print_records
+from ..definition import StudyDefinition
+from ..runners import run_study
+from ..study_file import load_study_file
+from ..trials import load_trials, trial_record
+from ._output import print_records
+from ._types import positive_int, positive_int_or_auto
 
-__all__ = ["register", "run", "parse_gpus"]
+__all__ = ["configure", "run", "parse_gpus"]
 
 
 def parse_gpus(text: str) -> tuple[int, ...]:
@@ -18,7 +22,8 @@ def parse_gpus(text: str) -> tuple[int, ...]:
         gpus = ()
     if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
         raise argparse.ArgumentTypeError(
-            f"invalid GPU list {text!r}; use distinct device indices such as 0,1")
+            f"invalid GPU list {text!r}; use distinct device indices such as 0,1"
+        )
     return gpus
 
 
@@ -29,7 +34,8 @@ def _share(text: str) -> float:
         value = -1.0
     if not (0 <= value < float("inf")) or (value > 1 and value % 1):
         raise argparse.ArgumentTypeError(
-            f"invalid GPU share {text!r}; use a fraction in [0, 1] such as 0.25, or a whole number")
+            f"invalid GPU share {text!r}; use a fraction in [0, 1] such as 0.25, or a whole number"
+        )
     return value
 
 
@@ -54,98 +60,132 @@ def _count(text: str) -> int:
 
 
 #: the Ray-only options: (argument name, ray_runner.run_study keyword)
-_RAY_OPTIONS = (("--address", "address"), ("--cpus-per-trial", "cpus_per_trial"),
-                ("--gpus-per-trial", "gpus_per_trial"), ("--max-concurrent", "max_concurrent"),
-                ("--max-failures", "max_failures"))
+_RAY_OPTIONS = (
+    ("--address", "address"),
+    ("--cpus-per-trial", "cpus_per_trial"),
+    ("--gpus-per-trial", "gpus_per_trial"),
+    ("--max-concurrent", "max_concurrent"),
+    ("--max-failures", "max_failures"),
+)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``search`` command."""
-    parser = subparsers.add_parser(
-        "search",
-        help="run or resume a scaling search from a study file",
-        description="Run (or resume) the Optuna study described by STUDY.toml until it holds "
-                    "n_trials finished trials; rerunning a finished study adds none.",
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``effscale search``."""
+    parser.description = (
+        "Run (or resume) the Optuna study described by STUDY.toml until it holds "
+        "n_trials finished trials; rerunning a finished study adds none."
     )
     parser.add_argument("study", metavar="STUDY.toml", help="the study file")
-    parser.add_argument("--n-trials", type=positive_int(), metavar="N",
-                        help="finished trials wanted (default: [study] n_trials)")
-    parser.add_argument("--workers", type=positive_int(), metavar="K",
-                        help="parallel worker processes (default: [execution] workers)")
-    parser.add_argument("--gpus", type=parse_gpus, metavar="0,1,..",
-                        help="GPUs to use; workers become GPU slots")
-    parser.add_argument("--trials-per-gpu", type=positive_int_or_auto("trials per GPU"),
-                        metavar="M|auto",
-                        help="concurrent trials per GPU; auto chooses from the GPU memory, the "
-                             "CPU cores and the largest trial (default: [execution] "
-                             "trials_per_gpu, itself auto by default)")
-    parser.add_argument("--storage", metavar="URL",
-                        help="override [study] storage (sqlite:///x.db, journal:///x.journal, "
-                             "postgresql://..)")
-    parser.add_argument("--backend", choices=("optuna", "ray"),
-                        help="override [execution] backend (ray: run the trials with Ray Tune, "
-                             "see docs/cluster.md)")
-    ray = parser.add_argument_group("Ray backend", "only with --backend ray (or [execution] "
-                                    "backend = \"ray\"); defaults from [execution]")
-    ray.add_argument("--address", metavar="auto|HOST:PORT",
-                     help="join a running Ray cluster (default: start a local Ray)")
+    parser.add_argument(
+        "--n-trials",
+        type=positive_int(),
+        metavar="N",
+        help="finished trials wanted (default: [study] n_trials)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int(),
+        metavar="K",
+        help="parallel worker processes (default: [execution] workers)",
+    )
+    parser.add_argument(
+        "--gpus", type=parse_gpus, metavar="0,1,..", help="GPUs to use; workers become GPU slots"
+    )
+    parser.add_argument(
+        "--trials-per-gpu",
+        type=positive_int_or_auto("trials per GPU"),
+        metavar="M|auto",
+        help="concurrent trials per GPU; auto chooses from the GPU memory, the "
+        "CPU cores and the largest trial (default: [execution] "
+        "trials_per_gpu, itself auto by default)",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="override [study] storage (sqlite:///x.db, journal:///x.journal, postgresql://..)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("optuna", "ray"),
+        help="override [execution] backend (ray: run the trials with Ray Tune, "
+        "see docs/cluster.md)",
+    )
+    ray = parser.add_argument_group(
+        "Ray backend",
+        'only with --backend ray (or [execution] backend = "ray"); defaults from [execution]',
+    )
+    ray.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="join a running Ray cluster (default: start a local Ray)",
+    )
     ray.add_argument("--cpus-per-trial", type=_cpus, metavar="C", help="CPUs per trial (1)")
-    ray.add_argument("--gpus-per-trial", type=_share, metavar="G",
-                     help="GPUs per trial; fractions share a GPU (default 1/trials_per_gpu "
-                          "with --gpus, else 0)")
-    ray.add_argument("--max-concurrent", type=positive_int(), metavar="N",
-                     help="trials running at once (default: what the cluster fits)")
-    ray.add_argument("--max-failures", type=_count, metavar="R",
-                     help="retries of a crashed trial before it is recorded FAIL (1)")
+    ray.add_argument(
+        "--gpus-per-trial",
+        type=_share,
+        metavar="G",
+        help="GPUs per trial; fractions share a GPU (default 1/trials_per_gpu with --gpus, else 0)",
+    )
+    ray.add_argument(
+        "--max-concurrent",
+        type=positive_int(),
+        metavar="N",
+        help="trials running at once (default: what the cluster fits)",
+    )
+    ray.add_argument(
+        "--max-failures",
+        type=_count,
+        metavar="R",
+        help="retries of a crashed trial before it is recorded FAIL (1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; prints the best feasible trial. Returns 0, or 1 if a worker crashed."""
-    from search.study_file import load_study_file
-
     definition = load_study_file(args.study)
-    backend = getattr(args, "backend", None) or definition.execution.backend
     ray_options = {key: getattr(args, key, None) for _, key in _RAY_OPTIONS}
-    given = [flag for flag, key in _RAY_OPTIONS if ray_options[key] is not None]
-    if backend != "ray" and given:
-        raise ValueError(f"{given[0]}: only for the Ray backend; add --backend ray or drop it")
-    if backend == "ray":
-        try:
-            from search.runners.ray_runner import run_study
-        except ModuleNotFoundError as exc:
-            if exc.name != "search.runners.ray_runner":
-                raise
-            raise ValueError("execution.backend: the ray runner is not in this checkout; "
-                             "set backend = \"optuna\"") from None
-    else:
-        from search.runners.optuna_runner import run_study
-    extra = ray_options if backend == "ray" else {}
-    summary = run_study(definition, n_trials=args.n_trials, workers=args.workers,
-                        gpus=args.gpus, trials_per_gpu=args.trials_per_gpu,
-                        storage=args.storage, quiet=args.quiet, **extra)
-    print(f"study {summary.study_name!r}: {summary.n_complete} complete, {summary.n_pruned} "
-          f"pruned, {summary.n_failed} failed ({summary.started} started now, "
-          f"{summary.target} wanted) in {summary.storage_url}")
+    summary = run_study(
+        definition,
+        backend=args.backend,
+        n_trials=args.n_trials,
+        workers=args.workers,
+        gpus=args.gpus,
+        trials_per_gpu=args.trials_per_gpu,
+        storage=args.storage,
+        quiet=args.quiet,
+        **ray_options,
+    )
+    print(
+        f"study {summary.study_name!r}: {summary.n_complete} complete, {summary.n_pruned} "
+        f"pruned, {summary.n_failed} failed ({summary.started} started now, "
+        f"{summary.target} wanted) in {summary.storage_url}"
+    )
     _print_best(definition, args.storage, summary.best_number)
     if summary.failed_workers:
-        print(f"effscale search: {len(summary.failed_workers)} worker(s) exited with codes "
-              f"{', '.join(map(str, summary.failed_workers))}; rerun to finish the study")
+        print(
+            f"effscale search: {len(summary.failed_workers)} worker(s) exited with codes "
+            f"{', '.join(map(str, summary.failed_workers))}; rerun to finish the study"
+        )
         return 1
     return 0
 
 
-def _print_best(definition, storage: str | None, number: int | None) -> None:
-    from search.commands.status import load_trials, trial_record
-
+def _print_best(definition: StudyDefinition, storage: str | None, number: int | None) -> None:
     if number is None:
         print("no feasible trial has completed yet")
         return
-    trials = load_trials(definition, storage)
+    trials = {t.number: t for t in load_trials(definition, storage)}
     record = trial_record(trials[number])
-    row = {"trial": number, "alpha": record["alpha"], "beta": record["beta"],
-           "gamma": record["gamma"], "AP": record["ap"], "cost ratio": record["cost_ratio"]}
+    row = {
+        "trial": number,
+        "alpha": record["alpha"],
+        "beta": record["beta"],
+        "gamma": record["gamma"],
+        "AP": record["ap"],
+        "cost ratio": record["cost_ratio"],
+    }
     if record.get("gmacs") is not None:
         row["GMACs (phi=1)"] = record["gmacs"]
     print_records([row], "table", title="Best feasible point")

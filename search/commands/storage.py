@@ -18,7 +18,21 @@ import argparse
 import sqlite3
 from typing import Any
 
-__all__ = ["register", "run"]
+import optuna
+
+from ..storage import (
+    HeartbeatSettings,
+    check_journal,
+    find_stale_trials,
+    heartbeat_settings,
+    open_storage,
+    repair_journal,
+    resolve_storage_url,
+    sweep_stale_trials,
+)
+from ..study_file import load_study_file
+
+__all__ = ["configure", "run"]
 
 
 def _seconds(text: str) -> int:
@@ -27,27 +41,28 @@ def _seconds(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}; use an integer "
-                                         ">= 1")
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}; use an integer >= 1")
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``storage`` command."""
-    parser = subparsers.add_parser(
-        "storage",
-        help="check or repair a study's storage (torn journal lines, trials of dead workers)",
-        description="check: report torn or corrupt journal lines, a damaged SQLite file and "
-                    "RUNNING trials whose worker is gone (exit 1 if any). repair: fix the "
-                    "journal (keeping a .bak copy), fail those trials and enqueue each once "
-                    "more with the same params.",
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``effscale storage``."""
+    parser.description = (
+        "check: report torn or corrupt journal lines, a damaged SQLite file and "
+        "RUNNING trials whose worker is gone (exit 1 if any). repair: fix the "
+        "journal (keeping a .bak copy), fail those trials and enqueue each once "
+        "more with the same params."
     )
     parser.add_argument("action", choices=("check", "repair"), help="what to do")
     parser.add_argument("study", metavar="STUDY.toml", help="the study file")
     parser.add_argument("--storage", metavar="URL", help="override [study] storage")
-    parser.add_argument("--grace", type=_seconds, metavar="S",
-                        help="seconds without a heartbeat before a trial counts as lost "
-                             "(default: EFFSCALE_GRACE_PERIOD or 180)")
+    parser.add_argument(
+        "--grace",
+        type=_seconds,
+        metavar="S",
+        help="seconds without a heartbeat before a trial counts as lost "
+        "(default: EFFSCALE_GRACE_PERIOD or 180)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -65,28 +80,21 @@ def _sqlite_quick_check(path: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Check or repair; returns 0 (healthy / repaired) or 1 (check found problems)."""
-    import optuna
-
-    from search.storage import (
-        HeartbeatSettings,
-        check_journal,
-        find_stale_trials,
-        heartbeat_settings,
-        open_storage,
-        repair_journal,
-        resolve_storage_url,
-        sweep_stale_trials,
-    )
-    from search.study_file import load_study_file
 
     definition = load_study_file(args.study)
-    location = resolve_storage_url(args.storage or definition.storage_url,
-                                   base_dir=definition.folder)
-    settings = heartbeat_settings() if args.grace is None \
+    location = resolve_storage_url(
+        args.storage or definition.storage_url, base_dir=definition.folder
+    )
+    settings = (
+        heartbeat_settings()
+        if args.grace is None
         else HeartbeatSettings(interval=max(1, args.grace // 3), grace=args.grace)
+    )
     if location.path is not None and not location.path.is_file():
-        raise FileNotFoundError(f"no study yet: {location.path} does not exist; run "
-                                f"`effscale search {definition.path.name}` first")
+        raise FileNotFoundError(
+            f"no study yet: {location.path} does not exist; run "
+            f"`effscale search {definition.path.name}` first"
+        )
     repair = args.action == "repair"
     problems = 0
     print(f"storage: {location.url}")
@@ -98,20 +106,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"journal: {report.describe()}")
         elif repair:
             before, backup = repair_journal(location.path)
-            print(f"journal: repaired: {before.describe()}; kept "
-                  f"{before.logs + len(before.recoverable)} logs; the file as it was is in "
-                  f"{backup}")
+            print(
+                f"journal: repaired: {before.describe()}; kept "
+                f"{before.logs + len(before.recoverable)} logs; the file as it was is in "
+                f"{backup}"
+            )
         else:
             problems += 1
-            print(f"journal: {report.describe()}; run `effscale storage repair "
-                  f"{definition.path.name}`")
+            print(
+                f"journal: {report.describe()}; run `effscale storage repair "
+                f"{definition.path.name}`"
+            )
         if not repair and report.bad_lines:
             return 1  # Optuna cannot read the study until the file is repaired
     elif location.kind == "sqlite":
         verdict = _sqlite_quick_check(location.path)
         if verdict != "ok":
-            print(f"sqlite: PRAGMA quick_check: {verdict}; the database is damaged: restore a "
-                  "copy, or salvage it with `sqlite3 DB .recover`")
+            print(
+                f"sqlite: PRAGMA quick_check: {verdict}; the database is damaged: restore a "
+                "copy, or salvage it with `sqlite3 DB .recover`"
+            )
             return 1
         print("sqlite: PRAGMA quick_check: ok")
 
@@ -120,28 +134,37 @@ def run(args: argparse.Namespace) -> int:
     try:
         study = optuna.load_study(study_name=definition.study.name, storage=storage)
     except KeyError:
-        raise ValueError(f"study.name: no study {definition.study.name!r} in {location.url}; "
-                         f"run `effscale search {definition.path.name}` first") from None
+        raise ValueError(
+            f"study.name: no study {definition.study.name!r} in {location.url}; "
+            f"run `effscale search {definition.path.name}` first"
+        ) from None
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for trial in trials:
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    summary = ", ".join(f"{counts[s]} {s.lower()}" for s in
-                        ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING") if s in counts)
+    summary = ", ".join(
+        f"{counts[s]} {s.lower()}"
+        for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+        if s in counts
+    )
     print(f"study {definition.study.name!r}: {len(trials)} trials ({summary or 'none'})")
     if repair:
         failed = sweep_stale_trials(study, settings)
         for stale in failed:
-            print(f"trial {stale.number}: failed (worker lost: {stale.reason}); enqueued once "
-                  "more with the same params")
+            print(
+                f"trial {stale.number}: failed (worker lost: {stale.reason}); enqueued once "
+                "more with the same params"
+            )
         if not failed:
             print(f"no trial of a dead worker (grace {settings.grace} s)")
         return 0
-    stale = find_stale_trials(study, settings)
-    for item in stale:
-        print(f"trial {item.number}: RUNNING but its worker is gone ({item.reason}); run "
-              f"`effscale storage repair {definition.path.name}` to fail and retry it")
-    problems += len(stale)
-    if not stale:
+    lost = find_stale_trials(study, settings)
+    for item in lost:
+        print(
+            f"trial {item.number}: RUNNING but its worker is gone ({item.reason}); run "
+            f"`effscale storage repair {definition.path.name}` to fail and retry it"
+        )
+    problems += len(lost)
+    if not lost:
         print(f"no trial of a dead worker (grace {settings.grace} s)")
     return 1 if problems else 0

@@ -1,28 +1,29 @@
 """``effscale validate STUDY.toml``: train the proxy scaled to a larger φ by the found
 coefficients, the paper's, width only, depth only and resolution only at matched MACs, and
-retrain the top-k trials there for the proxy-rank fidelity. See :mod:`search.validate`."""
+retrain the top-k trials there for the proxy-rank fidelity. See :mod:`effscale.search.validate`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from search.commands._types import nonnegative_int, positive_int
-from search.commands._output import print_records
+from ..study_file import load_study_file
+from ..validate import METHODS, validate_study
+from ._output import print_records
+from ._types import nonnegative_int, positive_int
 
-__all__ = ["register", "run", "parse_methods"]
+__all__ = ["configure", "run", "parse_methods"]
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``found,paper,width`` → the methods, each one of :data:`search.validate.METHODS`."""
-    from search.validate import METHODS
+    """``found,paper,width`` → the methods, each one of :data:`..validate.METHODS`."""
 
     methods = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise argparse.ArgumentTypeError(
-            f"invalid method {bad[0] if bad else text!r}; use a comma list of "
-            f"{', '.join(METHODS)}")
+            f"invalid method {bad[0] if bad else text!r}; use a comma list of {', '.join(METHODS)}"
+        )
     return methods
 
 
@@ -36,36 +37,52 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``validate`` command."""
-    parser = subparsers.add_parser(
-        "validate",
-        help="check the found scaling against other scalings at matched MACs",
-        description="At a larger phi, train the search's proxy scaled by the found "
-                    "coefficients, the paper's, width only, depth only and resolution only, all "
-                    "at the found model's MACs (within 5%%); retrain the top-k trials there and "
-                    "report the Spearman correlation with their search AP. Writes "
-                    "validation.csv/.md/.png/.json and fidelity.csv into --out, atomically.",
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``effscale validate``."""
+    parser.description = (
+        "At a larger phi, train the search's proxy scaled by the found "
+        "coefficients, the paper's, width only, depth only and resolution only, all "
+        "at the found model's MACs (within 5%%); retrain the top-k trials there and "
+        "report the Spearman correlation with their search AP. Writes "
+        "validation.csv/.md/.png/.json and fidelity.csv into --out, atomically."
     )
     parser.add_argument("study", metavar="STUDY.toml", help="the finished study's file")
-    parser.add_argument("--phi", type=float, default=2.0,
-                        help="the larger phi to validate at, > 1 (default 2)")
-    parser.add_argument("--top-k", type=nonnegative_int(), default=5, metavar="K",
-                        help="trials to retrain for the rank fidelity (default 5; 0 skips)")
-    parser.add_argument("--trial", type=nonnegative_int(), metavar="N",
-                        help="the found trial (default: the best feasible)")
-    parser.add_argument("--out", metavar="DIR",
-                        help="output folder (default: <study folder>/<name>-validate-phi<phi>)")
+    parser.add_argument(
+        "--phi", type=float, default=2.0, help="the larger phi to validate at, > 1 (default 2)"
+    )
+    parser.add_argument(
+        "--top-k",
+        type=nonnegative_int(),
+        default=5,
+        metavar="K",
+        help="trials to retrain for the rank fidelity (default 5; 0 skips)",
+    )
+    parser.add_argument(
+        "--trial",
+        type=nonnegative_int(),
+        metavar="N",
+        help="the found trial (default: the best feasible)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: <study folder>/<name>-validate-phi<phi>)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--storage", metavar="URL", help="override [study] storage")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
-                        help="override [train] device")
-    parser.add_argument("--methods", type=parse_methods, metavar="LIST",
-                        help="comma list of found, paper, width, depth, resolution (default: "
-                             "all)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override [train] device")
+    parser.add_argument(
+        "--methods",
+        type=parse_methods,
+        metavar="LIST",
+        help="comma list of found, paper, width, depth, resolution (default: all)",
+    )
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=positive_int(), help="override the training budget: "
-                                                             "optimizer steps per model")
+    budget.add_argument(
+        "--steps",
+        type=positive_int(),
+        help="override the training budget: optimizer steps per model",
+    )
     budget.add_argument("--epochs", type=positive_int(), help="override: epochs per model")
     budget.add_argument("--seconds", type=_positive_float, help="override: seconds per model")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -74,26 +91,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate; prints the comparison and the fidelity. Returns 0."""
-    from search.study_file import load_study_file
-    from search.validate import METHODS, validate_study
 
     definition = load_study_file(args.study)
-    budget = {name: getattr(args, name) for name in ("steps", "epochs", "seconds")
-              if getattr(args, name) is not None}
+    budget = {
+        name: getattr(args, name)
+        for name in ("steps", "epochs", "seconds")
+        if getattr(args, name) is not None
+    }
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    result = validate_study(definition, phi=args.phi, top_k=args.top_k, trial=args.trial,
-                            out=args.out, overwrite=args.overwrite, storage=args.storage,
-                            device=args.device, methods=args.methods or METHODS,
-                            budget=budget or None, log=log)
-    cols = ("method", "coefficient", "value", "image_size", "gmacs", "macs_ratio", "matched",
-            "ap")
-    rows = [{**{k: r[k] for k in cols}, "matched": "yes" if r["matched"] else "no"}
-            for r in result.rows]
-    print_records(rows, "table",
-                  title=f"trial {result.trial} at phi = {result.phi:g}, matched MACs")
+    result = validate_study(
+        definition,
+        phi=args.phi,
+        top_k=args.top_k,
+        trial=args.trial,
+        out=args.out,
+        overwrite=args.overwrite,
+        storage=args.storage,
+        device=args.device,
+        methods=args.methods or METHODS,
+        budget=budget or None,
+        log=log,
+    )
+    cols = ("method", "coefficient", "value", "image_size", "gmacs", "macs_ratio", "matched", "ap")
+    rows = [
+        {**{k: r[k] for k in cols}, "matched": "yes" if r["matched"] else "no"} for r in result.rows
+    ]
+    print_records(
+        rows, "table", title=f"trial {result.trial} at phi = {result.phi:g}, matched MACs"
+    )
     if result.fidelity:
-        print_records([{k: r[k] for k in ("rank", "trial", "search_ap", "ap")}
-                       for r in result.fidelity], "table", title="proxy-rank fidelity")
+        print_records(
+            [{k: r[k] for k in ("rank", "trial", "search_ap", "ap")} for r in result.fidelity],
+            "table",
+            title="proxy-rank fidelity",
+        )
     rho = "undefined" if result.rho is None else f"{result.rho:.4f}"
     print(f"Spearman rho (top {len(result.fidelity)}): {rho}; wrote {result.out}")
     return 0

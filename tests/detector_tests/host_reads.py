@@ -17,8 +17,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 __all__ = ["HostReadRecorder"]
 
 #: aten operations that read back, have value-dependent shapes or lift host data
-HOST_READ_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "item",
-                 "is_nonzero", "_unique", "unique_")
+HOST_READ_OPS = (
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "lift_fresh",
+    "item",
+    "is_nonzero",
+    "_unique",
+    "unique_",
+)
 
 
 class HostReadRecorder(TorchDispatchMode):

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from detector.anchors import (
+from effscale.detector.anchors import (
     Anchors,
     cached_anchors,
     feature_sizes,
@@ -16,8 +16,8 @@ from detector.anchors import (
     generate_anchors,
     num_anchors_total,
 )
-from detector.box_coding import MAX_LOG_RATIO, decode, encode
-from detector.config import AnchorConfig, preset
+from effscale.detector.box_coding import MAX_LOG_RATIO, decode, encode
+from effscale.detector.config import AnchorConfig, preset
 
 
 def _effdet_anchors(anchor_config: AnchorConfig, size, min_level=3, max_level=7):
@@ -27,8 +27,12 @@ def _effdet_anchors(anchor_config: AnchorConfig, size, min_level=3, max_level=7)
         from effdet.anchors import Anchors as EffdetAnchors
 
     boxes = EffdetAnchors(
-        min_level, max_level, anchor_config.num_scales, list(anchor_config.aspect_ratios),
-        anchor_config.anchor_scale, tuple(size),
+        min_level,
+        max_level,
+        anchor_config.num_scales,
+        list(anchor_config.aspect_ratios),
+        anchor_config.anchor_scale,
+        tuple(size),
     ).boxes
     return boxes[:, [1, 0, 3, 2]]  # effdet is (y1, x1, y2, x2)
 
@@ -68,7 +72,11 @@ def test_anchor_count_for_d0():
     anchors = generate_anchors(AnchorConfig(), (512, 512))
     assert anchors.shape == (49104, 4)
     assert anchors.dtype == torch.float32
-    assert num_anchors_total(AnchorConfig(), (512, 512)) == 49104 == 9 * (64**2 + 32**2 + 16**2 + 8**2 + 4**2)
+    assert (
+        num_anchors_total(AnchorConfig(), (512, 512))
+        == 49104
+        == 9 * (64**2 + 32**2 + 16**2 + 8**2 + 4**2)
+    )
 
 
 def test_anchor_values_and_order_by_hand():
@@ -90,7 +98,9 @@ def test_anchor_values_and_order_by_hand():
     cx = 64 + 3 * 128
     half_w = 4 * 128 * 2 ** (2 / 3) * 0.7 / 2
     half_h = 4 * 128 * 2 ** (2 / 3) * 1.4 / 2
-    torch.testing.assert_close(anchors[-1], torch.tensor([cx - half_w, cx - half_h, cx + half_w, cx + half_h]))
+    torch.testing.assert_close(
+        anchors[-1], torch.tensor([cx - half_w, cx - half_h, cx + half_w, cx + half_h])
+    )
 
 
 @pytest.mark.parametrize("size", [(512, 512), (640, 640), (256, 192), (544, 480), (96, 160)])
@@ -114,7 +124,7 @@ def test_non_square_anchor_count_and_stretched_stride():
     anchors = generate_anchors(cfg, (256, 192))
     assert anchors.shape == (9 * (32 * 24 + 16 * 12 + 8 * 6 + 4 * 3 + 2 * 2), 4) == (9216, 4)
     # Level 7 has 2 x 2 cells over 256 x 192 pixels: stride 128 in y, 96 in x (official).
-    level7 = anchors[-4 * 9:].reshape(2, 2, 9, 4)
+    level7 = anchors[-4 * 9 :].reshape(2, 2, 9, 4)
     centres = (level7[..., :2] + level7[..., 2:]) / 2
     torch.testing.assert_close(centres[:, :, 0, 0], torch.tensor([[48.0, 144.0], [48.0, 144.0]]))
     torch.testing.assert_close(centres[:, :, 0, 1], torch.tensor([[64.0, 64.0], [192.0, 192.0]]))
@@ -168,14 +178,26 @@ def test_flatten_outputs_matches_anchor_order():
         ys = torch.arange(h, dtype=torch.float64).view(1, 1, h, 1)
         xs = torch.arange(w, dtype=torch.float64).view(1, 1, 1, w)
         site = level * 1e6 + ys * 1e4 + xs * 1e2
-        a = torch.arange(num_anchors, dtype=torch.float64).repeat_interleave(num_classes).view(1, -1, 1, 1)
+        a = (
+            torch.arange(num_anchors, dtype=torch.float64)
+            .repeat_interleave(num_classes)
+            .view(1, -1, 1, 1)
+        )
         c = torch.arange(num_classes, dtype=torch.float64).repeat(num_anchors).view(1, -1, 1, 1)
         cls_levels.append((site + a + c / 10).expand(2, -1, h, w))
         ab = torch.arange(num_anchors, dtype=torch.float64).repeat_interleave(4).view(1, -1, 1, 1)
         kb = torch.arange(4, dtype=torch.float64).repeat(num_anchors).view(1, -1, 1, 1)
         box_levels.append((site + ab + kb / 10).expand(2, -1, h, w))
-        grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), torch.arange(num_anchors),
-                                          indexing="ij"), -1).reshape(-1, 3).double()
+        grid = (
+            torch.stack(
+                torch.meshgrid(
+                    torch.arange(h), torch.arange(w), torch.arange(num_anchors), indexing="ij"
+                ),
+                -1,
+            )
+            .reshape(-1, 3)
+            .double()
+        )
         expected.append(level * 1e6 + grid[:, 0] * 1e4 + grid[:, 1] * 1e2 + grid[:, 2])
     cls, box = flatten_outputs(cls_levels, box_levels, num_classes)
     expected = torch.cat(expected)
@@ -227,12 +249,17 @@ def test_box_coding_matches_effdet_coder():
     centre = torch.rand(anchors.shape[0], 2) * 128
     size = torch.rand(anchors.shape[0], 2) * 100 + 2
     boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
-    theirs = FasterRcnnBoxCoder().encode(BoxList(boxes[:, [1, 0, 3, 2]]), BoxList(anchors[:, [1, 0, 3, 2]]))
+    theirs = FasterRcnnBoxCoder().encode(
+        BoxList(boxes[:, [1, 0, 3, 2]]), BoxList(anchors[:, [1, 0, 3, 2]])
+    )
     ours = encode(boxes, anchors)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(decode(ours, anchors),
-                               decode_box_outputs(ours, anchors[:, [1, 0, 3, 2]], output_xyxy=True),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        decode(ours, anchors),
+        decode_box_outputs(ours, anchors[:, [1, 0, 3, 2]], output_xyxy=True),
+        rtol=1e-5,
+        atol=1e-4,
+    )
 
 
 def test_decode_clamps_size_and_upcasts():

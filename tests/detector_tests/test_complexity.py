@@ -11,19 +11,31 @@ from pathlib import Path
 
 import pytest
 
-from detector.complexity import count_complexity, trace_complexity
-from detector.config import PRESET_NAMES, from_scaling, preset
-from detector.scaling import PAPER_SPEC, BifpnRule, CompoundCoefficients, ScalingSpec
+from effscale.detector.complexity import count_complexity, trace_complexity
+from effscale.detector.config import PRESET_NAMES, from_scaling, preset
+from effscale.detector.scaling import PAPER_SPEC, BifpnRule, CompoundCoefficients, ScalingSpec
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "complexity.json"
 
 OFFICIAL_PARAMS = {
-    "d0": 3_880_067, "d1": 6_625_898, "d2": 8_097_039, "d3": 12_032_296,
-    "d4": 20_723_675, "d5": 33_653_315, "d6": 51_871_782, "d7": 51_871_782,
+    "d0": 3_880_067,
+    "d1": 6_625_898,
+    "d2": 8_097_039,
+    "d3": 12_032_296,
+    "d4": 20_723_675,
+    "d5": 33_653_315,
+    "d6": 51_871_782,
+    "d7": 51_871_782,
 }
 OFFICIAL_GMACS = {
-    "d0": 2.551, "d1": 6.134, "d2": 11.046, "d3": 24.983,
-    "d4": 55.347, "d5": 135.730, "d6": 226.034, "d7": 325.474,
+    "d0": 2.551,
+    "d1": 6.134,
+    "d2": 11.046,
+    "d3": 24.983,
+    "d4": 55.347,
+    "d5": 135.730,
+    "d6": 226.034,
+    "d7": 325.474,
 }
 
 
@@ -71,10 +83,19 @@ def test_analytic_count_equals_traced_count_on_presets(name):
     ],
 )
 def test_analytic_count_equals_traced_count_on_specs(phi, coefficients, size, levels, fusion):
-    spec = ScalingSpec(coefficients=CompoundCoefficients(*coefficients),
-                       bifpn=BifpnRule(width_growth=1.3, depth_step=0.7))
-    config = from_scaling(spec, phi, num_classes=5, image_size=size, min_level=levels[0],
-                          max_level=levels[1], fusion=fusion)
+    spec = ScalingSpec(
+        coefficients=CompoundCoefficients(*coefficients),
+        bifpn=BifpnRule(width_growth=1.3, depth_step=0.7),
+    )
+    config = from_scaling(
+        spec,
+        phi,
+        num_classes=5,
+        image_size=size,
+        min_level=levels[0],
+        max_level=levels[1],
+        fusion=fusion,
+    )
     assert count_complexity(config) == trace_complexity(config)
 
 

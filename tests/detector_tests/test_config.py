@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from detector.config import (
+from effscale.detector.config import (
     PRESET_NAMES,
     AnchorConfig,
     BackboneConfig,
@@ -14,7 +14,7 @@ from detector.config import (
     load_config,
     preset,
 )
-from detector.scaling import PAPER_SPEC
+from effscale.detector.scaling import PAPER_SPEC
 
 OFFICIAL = {
     # backbone (w, d), R, W_bifpn, D_bifpn, D_head, fusion, anchor_scale
@@ -63,7 +63,11 @@ def test_from_scaling_builds_the_spec_at_phi():
 @pytest.mark.parametrize(
     "factory, field, allowed",
     [
-        (lambda: BackboneConfig(width_multiplier=-1.0), "backbone.width_multiplier", r"\[0.05, 8\]"),
+        (
+            lambda: BackboneConfig(width_multiplier=-1.0),
+            "backbone.width_multiplier",
+            r"\[0.05, 8\]",
+        ),
         (lambda: FpnConfig(repeats=0), "fpn.repeats", r"\[1, 32\]"),
         (lambda: HeadConfig(repeats=0), "head.repeats", r"\[1, 16\]"),
         (lambda: FpnConfig(fusion="max"), "fpn.fusion", "fastattn, attn, sum"),

@@ -4,10 +4,10 @@ import pytest
 import torch
 from timm.utils import ModelEmaV3
 
-from detector.config import from_scaling
-from detector.ema import WeightEma
-from detector.model import build_model
-from detector.scaling import PAPER_SPEC
+from effscale.detector.config import from_scaling
+from effscale.detector.ema import WeightEma
+from effscale.detector.model import build_model
+from effscale.detector.scaling import PAPER_SPEC
 
 
 def _model(seed=0):
@@ -37,8 +37,11 @@ def test_matches_timm_model_ema_v3_bit_for_bit():
         assert torch.equal(expected[name], got[name]), name
     counters = [k for k in got if k.endswith("num_batches_tracked")]
     assert counters and all(int(got[k]) == 4 for k in counters)
-    moved = [k for k in got if got[k].is_floating_point()
-             and not torch.equal(got[k], _model().state_dict()[k])]
+    moved = [
+        k
+        for k in got
+        if got[k].is_floating_point() and not torch.equal(got[k], _model().state_dict()[k])
+    ]
     assert moved  # the EMA follows the model
 
 

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from detector.data import ResizePad, make_loader
-from detector.data.coco import CocoDetection
-from detector.evaluate import coco_metrics, detections_to_coco
+from effscale.detector.data import ResizePad, make_loader
+from effscale.detector.data.coco import CocoDetection
+from effscale.detector.evaluate import coco_metrics, detections_to_coco
 from tests.detector_tests.data_tests.conftest import write_quirky_coco
 
 
@@ -31,10 +31,13 @@ def _detections_from_targets(dataset, shift=0.0):
             keep = labels >= 0
             b = boxes[keep].clone()
             b[:, [0, 2]] += shift
-            dets.append({"boxes": b, "scores": torch.ones(int(keep.sum())),
-                         "labels": labels[keep]})
-        results += detections_to_coco(dets, image_ids=batch.image_ids, scales=batch.scales,
-                                      label_to_category_id=dataset.label_to_category_id)
+            dets.append({"boxes": b, "scores": torch.ones(int(keep.sum())), "labels": labels[keep]})
+        results += detections_to_coco(
+            dets,
+            image_ids=batch.image_ids,
+            scales=batch.scales,
+            label_to_category_id=dataset.label_to_category_id,
+        )
     return results
 
 
@@ -91,13 +94,22 @@ def test_no_detections_give_zero_ap(dataset):
 def test_detections_of_spare_classes_are_dropped():
     """A model with more classes than the dataset trains the spare ones as background; their
     detections have no category and are left out instead of failing the evaluation."""
-    detections = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 8.0, 9.0]]),
-                   "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 7])}]
+    detections = [
+        {
+            "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 8.0, 9.0]]),
+            "scores": torch.tensor([0.9, 0.8]),
+            "labels": torch.tensor([1, 7]),
+        }
+    ]
     categories = {0: 11, 1: 12}
-    kwargs = dict(image_ids=torch.tensor([5]), scales=torch.tensor([2.0]),
-                  label_to_category_id=categories.__getitem__)
+    kwargs = dict(
+        image_ids=torch.tensor([5]),
+        scales=torch.tensor([2.0]),
+        label_to_category_id=categories.__getitem__,
+    )
     results = detections_to_coco(detections, num_classes=2, **kwargs)
-    assert results == [{"image_id": 5, "category_id": 12, "bbox": [0.0, 0.0, 20.0, 20.0],
-                        "score": 0.9}]
+    assert results == [
+        {"image_id": 5, "category_id": 12, "bbox": [0.0, 0.0, 20.0, 20.0], "score": 0.9}
+    ]
     with pytest.raises(KeyError):
         detections_to_coco(detections, **kwargs)

@@ -8,10 +8,16 @@ import warnings
 import pytest
 import torch
 
-from detector.anchors import feature_sizes, flatten_outputs, generate_anchors
-from detector.box_coding import encode
-from detector.config import AnchorConfig
-from detector.loss import AnchorTargets, DetectionLoss, assign_targets, focal_loss, pairwise_iou
+from effscale.detector.anchors import feature_sizes, flatten_outputs, generate_anchors
+from effscale.detector.box_coding import encode
+from effscale.detector.config import AnchorConfig
+from effscale.detector.loss import (
+    AnchorTargets,
+    DetectionLoss,
+    assign_targets,
+    focal_loss,
+    pairwise_iou,
+)
 
 SIZE = (128, 96)  # H, W: 9 * (16*12 + 8*6 + 4*3 + 2*2 + 1*1) = 2313 anchors
 NUM_CLASSES = 5
@@ -35,23 +41,30 @@ def _random_case(seed: int, batch: int = 3, max_boxes: int = 8):
     return cls_levels, box_levels, boxes, labels
 
 
-def _effdet_loss(anchors, cls_levels, box_levels, boxes, labels, *, unmatch_iou, label_smoothing=0.0):
+def _effdet_loss(
+    anchors, cls_levels, box_levels, boxes, labels, *, unmatch_iou, label_smoothing=0.0
+):
     """effdet's AnchorLabeler (with the given unmatched threshold) + effdet.loss.loss_fn."""
     pytest.importorskip("effdet")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from effdet.anchors import Anchors as EffdetAnchors
         from effdet.anchors import AnchorLabeler
+        from effdet.anchors import Anchors as EffdetAnchors
         from effdet.loss import loss_fn
         from effdet.object_detection import ArgMaxMatcher, BoxList
 
     cfg = AnchorConfig()
-    eff_anchors = EffdetAnchors(3, 7, cfg.num_scales, list(cfg.aspect_ratios), cfg.anchor_scale, SIZE)
+    eff_anchors = EffdetAnchors(
+        3, 7, cfg.num_scales, list(cfg.aspect_ratios), cfg.anchor_scale, SIZE
+    )
     assert torch.equal(eff_anchors.boxes[:, [1, 0, 3, 2]], anchors)
     labeler = AnchorLabeler(eff_anchors, NUM_CLASSES, match_threshold=0.5)
     labeler.target_assigner._matcher = ArgMaxMatcher(
-        0.5, unmatched_threshold=unmatch_iou, negatives_lower_than_unmatched=True,
-        force_match_for_each_row=True)
+        0.5,
+        unmatched_threshold=unmatch_iou,
+        negatives_lower_than_unmatched=True,
+        force_match_for_each_row=True,
+    )
     sizes = feature_sizes(SIZE, 3, 7)
     cls_targets = [[] for _ in sizes]
     box_targets = [[] for _ in sizes]
@@ -59,21 +72,33 @@ def _effdet_loss(anchors, cls_levels, box_levels, boxes, labels, *, unmatch_iou,
     for i in range(boxes.shape[0]):
         valid = labels[i] >= 0
         cls_t, box_t, match = labeler.target_assigner.assign(
-            BoxList(eff_anchors.boxes), BoxList(boxes[i][valid][:, [1, 0, 3, 2]]), labels[i][valid] + 1)
+            BoxList(eff_anchors.boxes),
+            BoxList(boxes[i][valid][:, [1, 0, 3, 2]]),
+            labels[i][valid] + 1,
+        )
         cls_t = (cls_t - 1).long()
         # effdet gives ignored anchors the background target; the official loss masks -2.
         cls_t = torch.where(match.match_results == -2, -2, cls_t)
         start = 0
         for level, (h, w) in enumerate(sizes):
             count = h * w * 9
-            cls_targets[level].append(cls_t[start:start + count].reshape(h, w, 9))
-            box_targets[level].append(box_t[start:start + count].reshape(h, w, 36))
+            cls_targets[level].append(cls_t[start : start + count].reshape(h, w, 9))
+            box_targets[level].append(box_t[start : start + count].reshape(h, w, 36))
             start += count
         num_pos.append((match.match_results > -1).float().sum())
     total, cls_loss, box_loss = loss_fn(
-        cls_levels, box_levels, [torch.stack(t) for t in cls_targets],
-        [torch.stack(t) for t in box_targets], torch.stack(num_pos), num_classes=NUM_CLASSES,
-        alpha=0.25, gamma=1.5, delta=0.1, box_loss_weight=50.0, label_smoothing=label_smoothing)
+        cls_levels,
+        box_levels,
+        [torch.stack(t) for t in cls_targets],
+        [torch.stack(t) for t in box_targets],
+        torch.stack(num_pos),
+        num_classes=NUM_CLASSES,
+        alpha=0.25,
+        gamma=1.5,
+        delta=0.1,
+        box_loss_weight=50.0,
+        label_smoothing=label_smoothing,
+    )
     return total, cls_loss, box_loss, torch.stack(num_pos).sum()
 
 
@@ -92,11 +117,18 @@ def test_loss_matches_effdet(anchors, seed, unmatch_iou, label_smoothing):
     if seed == 3:  # no boxes at all in the batch
         labels[:] = -1
     cls, box = flatten_outputs(cls_levels, box_levels, NUM_CLASSES)
-    ours = DetectionLoss(num_classes=NUM_CLASSES, unmatch_iou=unmatch_iou,
-                         label_smoothing=label_smoothing)(cls, box, anchors, boxes, labels)
+    ours = DetectionLoss(
+        num_classes=NUM_CLASSES, unmatch_iou=unmatch_iou, label_smoothing=label_smoothing
+    )(cls, box, anchors, boxes, labels)
     total, cls_loss, box_loss, num_pos = _effdet_loss(
-        anchors, cls_levels, box_levels, boxes, labels, unmatch_iou=unmatch_iou,
-        label_smoothing=label_smoothing)
+        anchors,
+        cls_levels,
+        box_levels,
+        boxes,
+        labels,
+        unmatch_iou=unmatch_iou,
+        label_smoothing=label_smoothing,
+    )
     assert ours["num_positives"].item() == num_pos.item()
     if seed != 3:
         assert num_pos.item() > 20
@@ -109,16 +141,26 @@ def test_assignment_matches_effdet_matcher(anchors):
     pytest.importorskip("effdet")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from effdet.object_detection import (ArgMaxMatcher, BoxList, FasterRcnnBoxCoder,
-                                             IouSimilarity, TargetAssigner)
-    assigner = TargetAssigner(IouSimilarity(), ArgMaxMatcher(0.5, 0.4, True, True), FasterRcnnBoxCoder())
+        from effdet.object_detection import (
+            ArgMaxMatcher,
+            BoxList,
+            FasterRcnnBoxCoder,
+            IouSimilarity,
+            TargetAssigner,
+        )
+    assigner = TargetAssigner(
+        IouSimilarity(), ArgMaxMatcher(0.5, 0.4, True, True), FasterRcnnBoxCoder()
+    )
     _, _, boxes, labels = _random_case(7, batch=2, max_boxes=12)
     labels[1, ::3] = -1
     ours = assign_targets(anchors, boxes, labels)
     for i in range(2):
         valid = torch.nonzero(labels[i] >= 0).squeeze(1)
         cls_t, box_t, match = assigner.assign(
-            BoxList(anchors[:, [1, 0, 3, 2]]), BoxList(boxes[i, valid][:, [1, 0, 3, 2]]), labels[i, valid])
+            BoxList(anchors[:, [1, 0, 3, 2]]),
+            BoxList(boxes[i, valid][:, [1, 0, 3, 2]]),
+            labels[i, valid],
+        )
         theirs = match.match_results
         theirs = torch.where(theirs >= 0, valid[theirs.clamp(min=0)], theirs)  # back to padded rows
         assert torch.equal(ours.matched_gt[i], theirs)
@@ -132,18 +174,24 @@ def test_assignment_matches_effdet_matcher(anchors):
 
 
 def test_assign_targets_by_hand():
-    anchors = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0],
-        [5.0, 0.0, 15.0, 10.0],  # IoU 1/3 with anchor 0
-        [100.0, 100.0, 110.0, 110.0],
-        [0.0, 0.0, 10.0, 12.0],
-        [50.0, 50.0, 60.0, 60.0],
-    ])
-    boxes = torch.tensor([[
-        [0.0, 0.0, 10.0, 11.0],  # IoU 10/11 with a0, 10/12 with a3, 5/15 with a1
-        [99.0, 99.0, 101.0, 101.0],  # tiny: best IoU 1/103 with a2 -> force matched
-        [7.0, 7.0, 8.0, 8.0],  # padding
-    ]])
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [5.0, 0.0, 15.0, 10.0],  # IoU 1/3 with anchor 0
+            [100.0, 100.0, 110.0, 110.0],
+            [0.0, 0.0, 10.0, 12.0],
+            [50.0, 50.0, 60.0, 60.0],
+        ]
+    )
+    boxes = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 10.0, 11.0],  # IoU 10/11 with a0, 10/12 with a3, 5/15 with a1
+                [99.0, 99.0, 101.0, 101.0],  # tiny: best IoU 1/103 with a2 -> force matched
+                [7.0, 7.0, 8.0, 8.0],  # padding
+            ]
+        ]
+    )
     labels = torch.tensor([[3, 1, -1]])
     t = assign_targets(anchors, boxes, labels, match_iou=0.5, unmatch_iou=0.3)
     assert isinstance(t, AnchorTargets)
@@ -151,7 +199,9 @@ def test_assign_targets_by_hand():
     assert t.labels.tolist() == [[3, -2, 1, 3, -1]]
     assert t.num_positives.tolist() == [3.0]
     torch.testing.assert_close(t.box_targets[0, 0], torch.tensor([0.05, 0.0, math.log(1.1), 0.0]))
-    torch.testing.assert_close(t.box_targets[0, 2], torch.tensor([-0.5, -0.5, math.log(0.2), math.log(0.2)]))
+    torch.testing.assert_close(
+        t.box_targets[0, 2], torch.tensor([-0.5, -0.5, math.log(0.2), math.log(0.2)])
+    )
     torch.testing.assert_close(t.box_targets[0, 3], encode(boxes[0, 0], anchors[3]))
     assert torch.equal(t.box_targets[0, [1, 4]], torch.zeros(2, 4))
     # Without force matching the tiny box gets nothing; with unmatch 0.5 nothing is ignored.
@@ -216,12 +266,14 @@ def test_focal_loss_known_values():
     targets = torch.tensor([1.0, 0.0, 1.0, 0.0])
     got = focal_loss(logits, targets, alpha=0.25, gamma=1.5)
     p = torch.sigmoid(logits)
-    expected = torch.tensor([
-        0.25 * 0.5**1.5 * math.log(2.0),
-        0.75 * 0.5**1.5 * math.log(2.0),
-        float(0.25 * (1 - p[2]) ** 1.5 * -torch.log(p[2])),
-        float(0.75 * p[3] ** 1.5 * -torch.log(1 - p[3])),
-    ])
+    expected = torch.tensor(
+        [
+            0.25 * 0.5**1.5 * math.log(2.0),
+            0.75 * 0.5**1.5 * math.log(2.0),
+            float(0.25 * (1 - p[2]) ** 1.5 * -torch.log(p[2])),
+            float(0.75 * p[3] ** 1.5 * -torch.log(1 - p[3])),
+        ]
+    )
     torch.testing.assert_close(got, expected)
     # Extreme logits: finite values and gradients.
     x = torch.tensor([-200.0, 200.0, 0.0], requires_grad=True)
@@ -249,7 +301,9 @@ def test_box_loss_zero_when_predictions_equal_targets(anchors):
     loss = DetectionLoss(num_classes=NUM_CLASSES)
     targets = assign_targets(anchors, boxes, labels)
     # Non-positive anchors' predictions must not matter.
-    perfect = torch.where((targets.labels >= 0)[..., None], targets.box_targets, torch.randn_like(box) * 5)
+    perfect = torch.where(
+        (targets.labels >= 0)[..., None], targets.box_targets, torch.randn_like(box) * 5
+    )
     out = loss(cls, perfect, anchors, boxes, labels)
     assert out["box_loss"].item() == 0.0
     assert out["num_positives"].item() == targets.num_positives.sum().item() > 0
@@ -259,8 +313,12 @@ def test_box_loss_zero_when_predictions_equal_targets(anchors):
     shifted[pos[0][0], pos[0][1], 2] += 0.05
     shifted[pos[1][0], pos[1][1], 0] -= 1.0
     expected = (0.5 * 0.05**2 + 0.1 * (1.0 - 0.05)) / (4 * (out["num_positives"].item() + 1))
-    torch.testing.assert_close(loss(cls, shifted, anchors, boxes, labels)["box_loss"],
-                               torch.tensor(expected), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        loss(cls, shifted, anchors, boxes, labels)["box_loss"],
+        torch.tensor(expected),
+        rtol=1e-4,
+        atol=0,
+    )
 
 
 def test_cls_loss_decreases_toward_targets(anchors):
@@ -269,8 +327,10 @@ def test_cls_loss_decreases_toward_targets(anchors):
     targets = assign_targets(anchors, boxes, labels, unmatch_iou=0.4)
     one_hot = (targets.labels[..., None] == torch.arange(NUM_CLASSES)).float()
     direction = one_hot * 2 - 1  # raise logits of true classes, lower the rest
-    values = [loss(cls + step * direction, box, anchors, boxes, labels)["cls_loss"].item()
-              for step in (0.0, 1.0, 2.0, 4.0, 8.0)]
+    values = [
+        loss(cls + step * direction, box, anchors, boxes, labels)["cls_loss"].item()
+        for step in (0.0, 1.0, 2.0, 4.0, 8.0)
+    ]
     assert all(a > b for a, b in zip(values, values[1:])), values
     assert values[-1] < 0.01 * values[0]
 
@@ -282,8 +342,10 @@ def test_ignored_anchors_get_no_cls_loss(anchors):
     ignored = targets.labels == -2
     assert ignored.sum() > 0
     changed = torch.where(ignored[..., None], torch.randn_like(cls) * 10, cls)
-    torch.testing.assert_close(loss(changed, box, anchors, boxes, labels)["cls_loss"],
-                               loss(cls, box, anchors, boxes, labels)["cls_loss"])
+    torch.testing.assert_close(
+        loss(changed, box, anchors, boxes, labels)["cls_loss"],
+        loss(cls, box, anchors, boxes, labels)["cls_loss"],
+    )
 
 
 def test_image_without_boxes_and_empty_batch(anchors):
@@ -298,8 +360,10 @@ def test_image_without_boxes_and_empty_batch(anchors):
     torch.testing.assert_close(out["cls_loss"], alone["cls_loss"] + background)
     torch.testing.assert_close(out["box_loss"], alone["box_loss"])
     # No boxes at all, with M = 0 or with only padding rows: normalizer 1.
-    for gt_boxes, gt_labels in ((torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64)),
-                                (torch.full((2, 8, 4), float("nan")), torch.full((2, 8), -1))):
+    for gt_boxes, gt_labels in (
+        (torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64)),
+        (torch.full((2, 8, 4), float("nan")), torch.full((2, 8), -1)),
+    ):
         empty = loss(cls, box, anchors, gt_boxes, gt_labels)
         assert empty["num_positives"].item() == 0.0 and empty["box_loss"].item() == 0.0
         torch.testing.assert_close(empty["cls_loss"], focal_loss(cls, torch.zeros_like(cls)).sum())
@@ -310,9 +374,17 @@ def test_padding_rows_do_not_change_the_loss(anchors):
     loss = DetectionLoss(num_classes=NUM_CLASSES)
     reference = loss(cls, box, anchors, boxes, labels)
     # Interleave padding rows with garbage (NaN, inf, huge boxes, valid-looking boxes).
-    garbage = torch.tensor([[float("nan")] * 4, [0.0, 0.0, 1e9, 1e9], [-5.0, float("inf"), 3.0, 4.0],
-                            list(map(float, boxes[0, 0]))])
-    padded_boxes = torch.cat([garbage[None].expand(2, -1, -1), boxes, garbage[None].expand(2, -1, -1)], 1)
+    garbage = torch.tensor(
+        [
+            [float("nan")] * 4,
+            [0.0, 0.0, 1e9, 1e9],
+            [-5.0, float("inf"), 3.0, 4.0],
+            list(map(float, boxes[0, 0])),
+        ]
+    )
+    padded_boxes = torch.cat(
+        [garbage[None].expand(2, -1, -1), boxes, garbage[None].expand(2, -1, -1)], 1
+    )
     padded_labels = torch.cat([torch.full((2, 4), -1), labels, torch.full((2, 4), -1)], 1)
     padded = loss(cls, box, anchors, padded_boxes, padded_labels)
     for key in reference:

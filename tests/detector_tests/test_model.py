@@ -1,13 +1,19 @@
 import pytest
 import torch
 
-from detector.config import PRESET_NAMES, from_scaling, preset
-from detector.model import build_model
-from detector.scaling import PAPER_SPEC
+from effscale.detector.config import PRESET_NAMES, from_scaling, preset
+from effscale.detector.model import build_model
+from effscale.detector.scaling import PAPER_SPEC
 
 OFFICIAL_PARAMS = {
-    "d0": 3_880_067, "d1": 6_625_898, "d2": 8_097_039, "d3": 12_032_296,
-    "d4": 20_723_675, "d5": 33_653_315, "d6": 51_871_782, "d7": 51_871_782,
+    "d0": 3_880_067,
+    "d1": 6_625_898,
+    "d2": 8_097_039,
+    "d3": 12_032_296,
+    "d4": 20_723_675,
+    "d5": 33_653_315,
+    "d6": 51_871_782,
+    "d7": 51_871_782,
 }
 
 
@@ -27,8 +33,13 @@ def test_module_counts_match_effdet_reference(name):
     effdet = pytest.importorskip("effdet")
     with torch.device("meta"):
         ours = build_model(preset(name))
-        ref = effdet.create_model(f"tf_efficientdet_{name}", pretrained=False, pretrained_backbone=False, num_classes=90,
-                                  bench_task="")
+        ref = effdet.create_model(
+            f"tf_efficientdet_{name}",
+            pretrained=False,
+            pretrained_backbone=False,
+            num_classes=90,
+            bench_task="",
+        )
     assert _params(ours.backbone) == _params(ref.backbone)
     assert _params(ours.fpn) == _params(ref.fpn)
     assert _params(ours.class_head) == _params(ref.class_net)
@@ -84,8 +95,8 @@ def test_fusion_methods_build_and_run(fusion):
 
 
 def test_tiny_config_overfits_one_batch():
-    from detector.anchors import generate_anchors, flatten_outputs
-    from detector.loss import DetectionLoss
+    from effscale.detector.anchors import flatten_outputs, generate_anchors
+    from effscale.detector.loss import DetectionLoss
 
     torch.manual_seed(0)
     config = from_scaling(PAPER_SPEC, -4, num_classes=3, image_size=(64, 64))

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from detector.anchors import generate_anchors
-from detector.box_coding import encode
-from detector.config import AnchorConfig
-from detector.postprocess import PostprocessConfig, decode_detections
+from effscale.detector.anchors import generate_anchors
+from effscale.detector.box_coding import encode
+from effscale.detector.config import AnchorConfig
+from effscale.detector.postprocess import PostprocessConfig, decode_detections
 
 SIZE = (128, 96)  # H, W
 NUM_CLASSES = 4
@@ -36,14 +36,22 @@ def _index(anchors, box):
 
 def test_config_defaults_and_validation():
     config = PostprocessConfig()
-    assert (config.score_threshold, config.iou_threshold, config.max_candidates, config.max_detections) == (
-        0.05, 0.5, 5000, 100)
+    assert (
+        config.score_threshold,
+        config.iou_threshold,
+        config.max_candidates,
+        config.max_detections,
+    ) == (0.05, 0.5, 5000, 100)
     coco = PostprocessConfig.for_coco_eval(max_detections=50)
     assert coco.score_threshold == 0.001 and coco.max_detections == 50
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.iou_threshold = 0.6
-    for field, value in (("score_threshold", 1.5), ("iou_threshold", -0.1), ("max_candidates", 0),
-                         ("max_detections", 2.0)):
+    for field, value in (
+        ("score_threshold", 1.5),
+        ("iou_threshold", -0.1),
+        ("max_candidates", 0),
+        ("max_detections", 2.0),
+    ):
         with pytest.raises(ValueError, match=field):
             PostprocessConfig(**{field: value})
 
@@ -62,8 +70,9 @@ def test_anchor_boxes_come_back_with_labels(anchors):
     out = decode_detections(cls, box, anchors, config=PostprocessConfig(), image_size=SIZE)
     assert len(out) == 2
     assert set(out[0]) == {"boxes", "scores", "labels"}
-    torch.testing.assert_close(out[0]["boxes"], torch.tensor([[8.0, 8.0, 72.0, 72.0],
-                                                              [0.0, 56.0, 40.0, 120.0]]))  # clipped
+    torch.testing.assert_close(
+        out[0]["boxes"], torch.tensor([[8.0, 8.0, 72.0, 72.0], [0.0, 56.0, 40.0, 120.0]])
+    )  # clipped
     torch.testing.assert_close(out[0]["scores"], torch.sigmoid(torch.tensor([4.0, 2.0])))
     assert out[0]["labels"].tolist() == [2, 0] and out[0]["labels"].dtype == torch.int64
     torch.testing.assert_close(out[1]["boxes"], torch.tensor([[0.0, 0.0, 28.0, 20.0]]))
@@ -75,7 +84,9 @@ def test_duplicates_are_suppressed_per_class_and_image(anchors):
     # Scale-0 and scale-1 square anchors at one location: IoU 2**(-2/3) = 0.63 > 0.5.
     small = _index(anchors, [8.0, 8.0, 72.0, 72.0])
     large = small + 3
-    torch.testing.assert_close((anchors[large, 2] - anchors[large, 0]) / 64, torch.tensor(2 ** (1 / 3)))
+    torch.testing.assert_close(
+        (anchors[large, 2] - anchors[large, 0]) / 64, torch.tensor(2 ** (1 / 3))
+    )
     # The box regression of a third anchor lands exactly on the small anchor's box.
     other = small + 1  # ratio (1.4, 0.7) at the same location
     box[0, other] = encode(anchors[small], anchors[other])
@@ -90,7 +101,9 @@ def test_duplicates_are_suppressed_per_class_and_image(anchors):
     torch.testing.assert_close(out[0]["boxes"][0], anchors[small])
     assert out[1]["labels"].tolist() == [1]
     # Raising the IoU threshold above 0.63 keeps the larger duplicate too (not the third: IoU 1).
-    loose = decode_detections(cls, box, anchors, config=PostprocessConfig(iou_threshold=0.7), image_size=SIZE)
+    loose = decode_detections(
+        cls, box, anchors, config=PostprocessConfig(iou_threshold=0.7), image_size=SIZE
+    )
     assert loose[0]["labels"].tolist() == [1, 1, 2]
 
 
@@ -100,25 +113,46 @@ def test_thresholds_and_limits(anchors):
     idx = torch.arange(30) * 9 * 3  # every third location in the top rows
     logits = torch.linspace(5.0, -1.0, 30)
     cls[0, idx, 0] = logits
-    out = decode_detections(cls, box, anchors, image_size=SIZE,
-                            config=PostprocessConfig(iou_threshold=0.99))
+    out = decode_detections(
+        cls, box, anchors, image_size=SIZE, config=PostprocessConfig(iou_threshold=0.99)
+    )
     kept = int((torch.sigmoid(logits) >= 0.05).sum())
     assert len(out[0]["scores"]) == kept == 30  # sigmoid(-1) = 0.27
     assert torch.all(out[0]["scores"][:-1] >= out[0]["scores"][1:])
     assert [len(o["scores"]) for o in out[1:]] == [0, 0]
     assert out[1]["boxes"].shape == (0, 4)
-    limited = decode_detections(cls, box, anchors, image_size=SIZE,
-                                config=PostprocessConfig(iou_threshold=0.99, max_detections=7))
+    limited = decode_detections(
+        cls,
+        box,
+        anchors,
+        image_size=SIZE,
+        config=PostprocessConfig(iou_threshold=0.99, max_detections=7),
+    )
     torch.testing.assert_close(limited[0]["scores"], torch.sigmoid(logits[:7]))
-    few = decode_detections(cls, box, anchors, image_size=SIZE,
-                            config=PostprocessConfig(iou_threshold=0.99, max_candidates=5))
+    few = decode_detections(
+        cls,
+        box,
+        anchors,
+        image_size=SIZE,
+        config=PostprocessConfig(iou_threshold=0.99, max_candidates=5),
+    )
     torch.testing.assert_close(few[0]["scores"], torch.sigmoid(logits[:5]))
-    strict = decode_detections(cls, box, anchors, image_size=SIZE,
-                               config=PostprocessConfig(iou_threshold=0.99, score_threshold=0.9))
+    strict = decode_detections(
+        cls,
+        box,
+        anchors,
+        image_size=SIZE,
+        config=PostprocessConfig(iou_threshold=0.99, score_threshold=0.9),
+    )
     torch.testing.assert_close(strict[0]["scores"], torch.sigmoid(logits[logits >= 2.1972246]))
     # COCO setting keeps low scores (sigmoid(LOW) is below even 0.001).
-    coco = decode_detections(cls, box, anchors, image_size=SIZE,
-                             config=PostprocessConfig.for_coco_eval(iou_threshold=0.99))
+    coco = decode_detections(
+        cls,
+        box,
+        anchors,
+        image_size=SIZE,
+        config=PostprocessConfig.for_coco_eval(iou_threshold=0.99),
+    )
     assert len(coco[0]["scores"]) == 30
 
 
@@ -135,7 +169,9 @@ def test_many_images_and_classes_stay_separate(anchors):
     for image, det in enumerate(out):
         assert det["labels"].tolist() == [3, 2, 1, 0]
         torch.testing.assert_close(det["boxes"], anchors[a].expand(4, 4))
-        torch.testing.assert_close(det["scores"], torch.sigmoid(1.0 + image + torch.tensor([0.3, 0.2, 0.1, 0.0])))
+        torch.testing.assert_close(
+            det["scores"], torch.sigmoid(1.0 + image + torch.tensor([0.3, 0.2, 0.1, 0.0]))
+        )
 
 
 def test_bf16_inputs_and_errors(anchors):

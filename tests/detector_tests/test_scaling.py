@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from detector.scaling import (
+from effscale.detector.scaling import (
     PAPER_SPEC,
     BifpnRule,
     CompoundCoefficients,
@@ -21,15 +21,25 @@ def test_scaling_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, detector.scaling; print('torch' in sys.modules)"
+    code = "import sys, effscale.detector.scaling; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(16, 16), (17.6, 16), (35.2, 32), (86.4, 88), (116.64, 120), (3.0, 8), (157.46, 160),
-     (12.0, 16), (11.9, 16), (7.0, 8)],
+    [
+        (16, 16),
+        (17.6, 16),
+        (35.2, 32),
+        (86.4, 88),
+        (116.64, 120),
+        (3.0, 8),
+        (157.46, 160),
+        (12.0, 16),
+        (11.9, 16),
+        (7.0, 8),
+    ],
 )
 def test_make_divisible_matches_timm_rule(value, expected):
     from timm.layers import make_divisible as timm_make_divisible
@@ -67,7 +77,11 @@ def test_paper_rules_give_official_bifpn_dims_where_the_release_follows_them():
     for phi, (w, d, h, r) in expected.items():
         dims = scale(PAPER_SPEC, phi)
         assert (dims.bifpn_channels, dims.bifpn_repeats, dims.head_repeats, dims.resolution) == (
-            w, d, h, r)
+            w,
+            d,
+            h,
+            r,
+        )
     dims = scale(PAPER_SPEC, 2)
     assert dims.width_multiplier == round(1.1**2, 4)
     assert dims.depth_multiplier == round(1.2**2, 4)
@@ -86,8 +100,10 @@ def test_negative_and_fractional_phi_give_small_legal_models():
 
 
 def test_compound_resolution_rule_uses_gamma():
-    spec = ScalingSpec(coefficients=CompoundCoefficients(1.2, 1.1, 1.15),
-                       resolution=ResolutionRule(kind="compound", base=224))
+    spec = ScalingSpec(
+        coefficients=CompoundCoefficients(1.2, 1.1, 1.15),
+        resolution=ResolutionRule(kind="compound", base=224),
+    )
     assert scale(spec, 1).resolution == round_resolution(224 * 1.15)
     assert scale(spec, 3).resolution == round_resolution(224 * 1.15**3)
 

@@ -8,13 +8,13 @@ import warnings
 import pytest
 import torch
 
-from detector.anchors import cached_anchors, flatten_outputs
-from detector.config import from_scaling
-from detector.ema import WeightEma
-from detector.loss import DetectionLoss
-from detector.model import build_model
-from detector.scaling import PAPER_SPEC
-from detector.train_step import (
+from effscale.detector.anchors import cached_anchors, flatten_outputs
+from effscale.detector.config import from_scaling
+from effscale.detector.ema import WeightEma
+from effscale.detector.loss import DetectionLoss
+from effscale.detector.model import build_model
+from effscale.detector.scaling import PAPER_SPEC
+from effscale.detector.train_step import (
     CUDA_CHECK_EVERY,
     DivergedError,
     LossMonitor,
@@ -48,14 +48,21 @@ def _step(options: StepOptions, *, max_objects=None, seed=0):
     torch.manual_seed(seed)
     config = _config()
     model = build_model(config).train()
-    optimizer = make_optimizer(model, name="sgd", lr=0.01,
-                               fused=options.resolve(torch.device("cpu")).fused_optimizer)
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level)
-    step = TrainStep(model=model, criterion=DetectionLoss(num_classes=NUM_CLASSES),
-                     optimizer=optimizer, anchors=anchors, num_classes=NUM_CLASSES,
-                     grad_clip=10.0, autocast_dtype=None,
-                     options=options.resolve(torch.device("cpu")), max_objects=max_objects)
+    optimizer = make_optimizer(
+        model, name="sgd", lr=0.01, fused=options.resolve(torch.device("cpu")).fused_optimizer
+    )
+    anchors = cached_anchors(config.anchors, config.image_size, config.min_level, config.max_level)
+    step = TrainStep(
+        model=model,
+        criterion=DetectionLoss(num_classes=NUM_CLASSES),
+        optimizer=optimizer,
+        anchors=anchors,
+        num_classes=NUM_CLASSES,
+        grad_clip=10.0,
+        autocast_dtype=None,
+        options=options.resolve(torch.device("cpu")),
+        max_objects=max_objects,
+    )
     return step, model
 
 
@@ -65,18 +72,32 @@ def _run(step, steps=3):
 
 def test_auto_options_resolve_per_device():
     cpu = StepOptions().resolve(torch.device("cpu"))
-    assert (cpu.cuda_graph, cpu.fused_optimizer, cpu.check_every, cpu.compile) == \
-        (False, False, 1, "off")
+    assert (cpu.cuda_graph, cpu.fused_optimizer, cpu.check_every, cpu.compile) == (
+        False,
+        False,
+        1,
+        "off",
+    )
     cuda = StepOptions().resolve(torch.device("cuda"))
-    assert (cuda.cuda_graph, cuda.fused_optimizer, cuda.check_every) == \
-        (True, True, CUDA_CHECK_EVERY)
+    assert (cuda.cuda_graph, cuda.fused_optimizer, cuda.check_every) == (
+        True,
+        True,
+        CUDA_CHECK_EVERY,
+    )
     forced = StepOptions(cuda_graph=False, check_every=5).resolve(torch.device("cuda"))
     assert (forced.cuda_graph, forced.check_every) == (False, 5)
 
 
-@pytest.mark.parametrize("field, value", [("cuda_graph", "yes"), ("compile", "fast"),
-                                          ("channels_last", 1), ("fused_optimizer", None),
-                                          ("check_every", 0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("cuda_graph", "yes"),
+        ("compile", "fast"),
+        ("channels_last", 1),
+        ("fused_optimizer", None),
+        ("check_every", 0),
+    ],
+)
 def test_bad_option_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"train.{field}"):
         StepOptions(**{field: value})
@@ -102,8 +123,10 @@ def test_failed_compile_falls_back_to_eager(monkeypatch):
 
     def broken_compile(module, **kwargs):
         def run(*args, **kw):
-            raise BackendCompilerFailed("inductor", RuntimeError("expected predicate to be bool"),
-                                        None)
+            raise BackendCompilerFailed(
+                "inductor", RuntimeError("expected predicate to be bool"), None
+            )
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -133,6 +156,7 @@ def test_a_miscompiled_loss_is_caught_on_the_first_step_and_training_stays_exact
         def run(images):
             cls_levels, box_levels = module(images)
             return [c * 1.5 for c in cls_levels], box_levels
+
         return run
 
     monkeypatch.setattr(torch, "compile", off_by_some)
@@ -152,7 +176,7 @@ def test_a_faithful_compile_passes_the_check_and_steps_once(monkeypatch):
     """A compiled callable that computes the same loss passes the first-step check; the first
     step updates the weights once, like the eager step (the reference forward leaves BatchNorm's
     statistics as they were)."""
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: (lambda *a, **k: module(*a, **k)))
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: lambda *a, **k: module(*a, **k))
     eager, eager_model = _step(StepOptions())
     compiled, compiled_model = _step(StepOptions(compile="default"))
     losses = [float(compiled(*_batch(seed=i))) for i in range(2)]
@@ -163,7 +187,7 @@ def test_a_faithful_compile_passes_the_check_and_steps_once(monkeypatch):
 
 
 def test_a_loss_that_is_nan_both_ways_is_divergence_not_a_miscompile(monkeypatch):
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: (lambda *a, **k: module(*a, **k)))
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: lambda *a, **k: module(*a, **k))
     step, _ = _step(StepOptions(compile="default"))
     images, boxes, labels = _batch()
     loss = step(torch.full_like(images, float("nan")), boxes, labels)
@@ -209,8 +233,14 @@ def test_loss_monitor_reports_the_exact_first_bad_step():
 
 def test_loss_monitor_checks_every_n_steps():
     monitor = LossMonitor(check_every=3, device=torch.device("cpu"))
-    assert [monitor.record(i, torch.tensor(float(i))) for i in range(6)] == \
-        [False, False, True, False, False, True]
+    assert [monitor.record(i, torch.tensor(float(i))) for i in range(6)] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     assert monitor.last == 5.0
     monitor.record(6, torch.tensor(float("nan")))
     with pytest.raises(DivergedError, match="step 6"):
@@ -230,8 +260,7 @@ def test_loss_with_target_assignment_compiles_as_one_graph():
     """No graph break in the loss (fullgraph=True): anchor assignment has static shapes and no
     data-dependent Python, which Inductor and CUDA graphs need."""
     config = _config()
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level)
+    anchors = cached_anchors(config.anchors, config.image_size, config.min_level, config.max_level)
     model = build_model(config).eval()
     images, boxes, labels = _batch()
     with torch.no_grad():
@@ -241,7 +270,8 @@ def test_loss_with_target_assignment_compiles_as_one_graph():
     eager = criterion(cls_a, box, anchors, boxes, labels)
     torch._dynamo.reset()
     compiled = torch.compile(criterion, fullgraph=True, backend="aot_eager")(
-        cls_b, box, anchors, boxes, labels)
+        cls_b, box, anchors, boxes, labels
+    )
     for key in ("loss", "cls_loss", "box_loss", "num_positives"):
         torch.testing.assert_close(compiled[key], eager[key])
     eager["loss"].backward()
@@ -274,8 +304,10 @@ def test_a_whole_training_step_never_reads_the_device_back():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
-                    reason="Inductor on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("clang++")),
+    reason="Inductor on CPU needs a C++ compiler",
+)
 def test_compiled_step_with_inductor_matches_eager():
     """The real torch.compile path (Inductor, C++ on CPU): about 2 minutes of compilation on
     2 cores, then the same losses as the eager step."""
@@ -285,6 +317,8 @@ def test_compiled_step_with_inductor_matches_eager():
     compiled_losses = _run(compiled, 2)
     assert compiled_losses == pytest.approx(_run(eager, 2), rel=1e-4)
     if compiled.levers["compile"].startswith("off: miscompiled"):  # caught, and training exact
-        pytest.xfail(f"torch {torch.__version__}'s Inductor miscompiles on this CPU (torch 2.11 "
-                     f"returns wrong argmax indices): {compiled.levers['compile']}")
+        pytest.xfail(
+            f"torch {torch.__version__}'s Inductor miscompiles on this CPU (torch 2.11 "
+            f"returns wrong argmax indices): {compiled.levers['compile']}"
+        )
     assert compiled.levers["compile"] == "on: mode default"

@@ -6,17 +6,25 @@ import math
 import pytest
 import torch
 
-from detector.anchors import cached_anchors
-from detector.config import from_scaling
-from detector.data import DeviceAugment, DeviceCache, load_split, make_synthetic_coco
-from detector.loss import DetectionLoss
-from detector.model import build_model
-from detector.scaling import PAPER_SPEC
-from detector.train import DataSettings, TrainSettings, train_proxy
-from detector.train_step import GRAPH_WARMUP_STEPS, LossMonitor, StepOptions, TrainStep, make_optimizer
+from effscale.detector.anchors import cached_anchors
+from effscale.detector.config import from_scaling
+from effscale.detector.data import DeviceAugment, DeviceCache, load_split, make_synthetic_coco
+from effscale.detector.loss import DetectionLoss
+from effscale.detector.model import build_model
+from effscale.detector.scaling import PAPER_SPEC
+from effscale.detector.train import DataSettings, TrainSettings, train_proxy
+from effscale.detector.train_step import (
+    GRAPH_WARMUP_STEPS,
+    LossMonitor,
+    StepOptions,
+    TrainStep,
+    make_optimizer,
+)
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 NUM_CLASSES = 4
 SIZE = 128
@@ -46,11 +54,20 @@ def _step(cuda_graph: bool, dtype=None):
     model = build_model(config).to(device).train()
     options = StepOptions(cuda_graph=cuda_graph, fused_optimizer=True).resolve(device)
     optimizer = make_optimizer(model, name="sgd", lr=0.01, fused=True)
-    anchors = cached_anchors(config.anchors, config.image_size, config.min_level,
-                             config.max_level, device=device)
-    step = TrainStep(model=model, criterion=DetectionLoss(num_classes=NUM_CLASSES),
-                     optimizer=optimizer, anchors=anchors, num_classes=NUM_CLASSES,
-                     grad_clip=10.0, autocast_dtype=dtype, options=options, max_objects=8)
+    anchors = cached_anchors(
+        config.anchors, config.image_size, config.min_level, config.max_level, device=device
+    )
+    step = TrainStep(
+        model=model,
+        criterion=DetectionLoss(num_classes=NUM_CLASSES),
+        optimizer=optimizer,
+        anchors=anchors,
+        num_classes=NUM_CLASSES,
+        grad_clip=10.0,
+        autocast_dtype=dtype,
+        options=options,
+        max_objects=8,
+    )
     return step, model
 
 
@@ -70,12 +87,12 @@ def test_steady_state_graph_step_never_syncs_with_the_host():
     step, _ = _step(cuda_graph=True, dtype=torch.bfloat16)
     monitor = LossMonitor(check_every=50, device=torch.device("cuda"))
     batches = _batches(GRAPH_WARMUP_STEPS + 4)
-    for i, batch in enumerate(batches[:GRAPH_WARMUP_STEPS + 1]):
+    for i, batch in enumerate(batches[: GRAPH_WARMUP_STEPS + 1]):
         monitor.record(i, step(*batch))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for i, batch in enumerate(batches[GRAPH_WARMUP_STEPS + 1:]):
+        for i, batch in enumerate(batches[GRAPH_WARMUP_STEPS + 1 :]):
             monitor.record(100 + i, step(*batch))
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -84,8 +101,9 @@ def test_steady_state_graph_step_never_syncs_with_the_host():
 
 def test_device_cache_batches_never_sync(tmp_path):
     make_synthetic_coco(tmp_path / "d", n_train=16, n_val=4, seed=0, image_size=(SIZE, SIZE))
-    cache = DeviceCache.from_dataset(load_split(tmp_path / "d", "train"), size=(SIZE, SIZE),
-                                     device="cuda", quiet=True)
+    cache = DeviceCache.from_dataset(
+        load_split(tmp_path / "d", "train"), size=(SIZE, SIZE), device="cuda", quiet=True
+    )
     generator = torch.Generator(device="cuda").manual_seed(0)
     index = torch.arange(8, device="cuda")
     torch.cuda.synchronize()
@@ -100,9 +118,13 @@ def test_device_cache_batches_never_sync(tmp_path):
 
 def test_fast_training_path_runs_end_to_end_on_cuda(tmp_path):
     make_synthetic_coco(tmp_path / "d", n_train=32, n_val=8, seed=0, image_size=(SIZE, SIZE))
-    result = train_proxy(_config(), data=DataSettings(dir=tmp_path / "d"),
-                         settings=TrainSettings(steps=12, batch_size=4, eval_every_epoch=False),
-                         device="cuda", quiet=True)
+    result = train_proxy(
+        _config(),
+        data=DataSettings(dir=tmp_path / "d"),
+        settings=TrainSettings(steps=12, batch_size=4, eval_every_epoch=False),
+        device="cuda",
+        quiet=True,
+    )
     assert result.levers["cuda_graph"].startswith("on: captured")
     assert result.levers["data"].startswith("device cache")
     assert result.levers["optimizer"] == "fused" and result.steps == 12

@@ -20,11 +20,11 @@ def edit_study(text: str, changes: dict[str, str]) -> str:
         assert header, f"no [{section}] in the study text"
         end = re.compile(r"(?m)^\[").search(text, header.end())
         stop = end.start() if end else len(text)
-        body = text[header.end():stop]
+        body = text[header.end() : stop]
         body, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", body, count=1)
         if not count:
             body = f"{key} = {value}\n" + body
-        text = text[:header.end()] + body + text[stop:]
+        text = text[: header.end()] + body + text[stop:]
     return text
 
 
@@ -33,11 +33,14 @@ def drop_section(text: str, section: str) -> str:
     header = re.search(rf"(?m)^\[{re.escape(section)}\]\n", text)
     assert header, f"no [{section}] in the study text"
     end = re.compile(r"(?m)^\[").search(text, header.end())
-    return text[:header.start()] + (text[end.start():] if end else "")
+    return text[: header.start()] + (text[end.start() :] if end else "")
 
 
-def as_training(text: str, data: str = "generate = {train = 8, val = 4, image_size = 64}",
-                train: str = "epochs = 1") -> str:
+def as_training(
+    text: str,
+    data: str = "generate = {train = 8, val = 4, image_size = 64}",
+    train: str = "epochs = 1",
+) -> str:
     """The study with ``objective.kind = "train"``, the ``[train]`` lines and ``[data]`` lines."""
     text = drop_section(edit_study(text, {"objective.kind": '"train"'}), "objective.surrogate")
     return text + f"\n[train]\n{train}\n\n[data]\n{data}\n"
@@ -47,8 +50,9 @@ def as_training(text: str, data: str = "generate = {train = 8, val = 4, image_si
 def surrogate_study(tmp_path: Path):
     """A function writing ``studies/surrogate_compound.toml`` (edited) into ``tmp_path``."""
 
-    def write(changes: dict[str, str] | None = None, *, name: str = "study.toml",
-              append: str = "") -> Path:
+    def write(
+        changes: dict[str, str] | None = None, *, name: str = "study.toml", append: str = ""
+    ) -> Path:
         text = edit_study((STUDIES / "surrogate_compound.toml").read_text(), changes or {})
         text += append
         path = tmp_path / name

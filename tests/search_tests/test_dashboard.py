@@ -1,4 +1,4 @@
-"""``effscale dashboard`` and :mod:`search.dashboard`: a served study shows its trials, user attrs,
+"""``effscale dashboard`` and :mod:`effscale.search.dashboard`: a served study shows its trials, user attrs,
 feasibility (the dashboard's ``constraints`` list), note and artifacts; feasibility recorded for
 the dashboard is not counted twice by Optuna; non-loopback hosts need ``--allow-remote``."""
 
@@ -21,31 +21,45 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 
-from search.cli import main
-from search.dashboard import (
-    CONSTRAINTS_ATTR,
+from effscale.search.cli import main
+from effscale.search.dashboard import (
     FeasibilityView,
     artifact_store_for,
     attach_files,
     attach_trial_metrics,
     check_host,
-    constraint_values,
-    dashboard_constraints,
     is_loopback,
     list_artifacts,
     make_app,
-    open_existing_study,
     record_feasibility,
     write_study_note,
 )
-from search.objective import Objective
-from search.runners.optuna_runner import effscale_version, pareto_front, run_study
-from search.study_file import load_study_file
+from effscale.search.objective import Objective
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.study_file import load_study_file
+from effscale.search.trials import (
+    CONSTRAINTS_ATTR,
+    constraint_values,
+    dashboard_constraints,
+    load_study,
+    pareto_front,
+)
+from effscale.search.version import effscale_version
 from tests.search_tests.test_report import write_band_study
 
 ROOT = Path(__file__).resolve().parents[2]
-TRIAL_ATTRS = {"macs", "params", "activations", "cost_ratio", "feasible", "width_multiplier",
-               "depth_multiplier", "resolution", "bifpn_channels", "bifpn_repeats"}
+TRIAL_ATTRS = {
+    "macs",
+    "params",
+    "activations",
+    "cost_ratio",
+    "feasible",
+    "width_multiplier",
+    "depth_multiplier",
+    "resolution",
+    "bifpn_channels",
+    "bifpn_repeats",
+}
 
 
 def get_json(url: str) -> dict:
@@ -83,7 +97,7 @@ def test_dashboard_serves_feasibility_attrs_note_and_artifacts(tmp_path):
     path = write_band_study(tmp_path)  # the default storage: band.db (SQLite) next to it
     definition = load_study_file(path)
     run_study(definition, quiet=True)
-    study = open_existing_study(definition)
+    study = load_study(definition)
     store = artifact_store_for(definition)
 
     # two more trials the way the objective attaches metrics.json (a trial only takes files
@@ -101,8 +115,11 @@ def test_dashboard_serves_feasibility_attrs_note_and_artifacts(tmp_path):
     assert len(trials) == 14 and store._base_path == tmp_path / "band.artifacts"
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "dashboard", str(path), "--port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "effscale.search.cli", "dashboard", str(path), "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -139,8 +156,9 @@ def test_dashboard_serves_feasibility_attrs_note_and_artifacts(tmp_path):
         assert infeasible >= 3
         # Optuna itself still sees one constraint per trial: the view changed nothing stored
         assert all(set(t.constraints) == {"cost_ratio"} for t in study.get_trials())
-        assert {t["number"] for t in detail["best_trials"]} == \
-            {t.number for t in pareto_front(trials)}
+        assert {t["number"] for t in detail["best_trials"]} == {
+            t.number for t in pareto_front(trials)
+        }
         assert detail["objective_names"] == ["AP", "MACs per image (phi=1)"]
 
         note = detail["note"]["body"]
@@ -149,14 +167,17 @@ def test_dashboard_serves_feasibility_attrs_note_and_artifacts(tmp_path):
 
         plots = {a["filename"]: a for a in detail["artifacts"]}
         assert set(plots) == {"ap_vs_macs.png", "coefficients.png"}
-        kind, body = get_bytes(f"{base}/artifacts/{summary['study_id']}/"
-                               f"{plots['ap_vs_macs.png']['artifact_id']}")
+        kind, body = get_bytes(
+            f"{base}/artifacts/{summary['study_id']}/{plots['ap_vs_macs.png']['artifact_id']}"
+        )
         assert kind == "image/png" and body.startswith(b"\x89PNG") and len(body) > 10_000
         for shown in detail["trials"][12:]:
             (metrics,) = shown["artifacts"]
             assert metrics["filename"] == "metrics.json"
-            _, body = get_bytes(f"{base}/artifacts/{summary['study_id']}/{shown['trial_id']}/"
-                                f"{metrics['artifact_id']}")
+            _, body = get_bytes(
+                f"{base}/artifacts/{summary['study_id']}/{shown['trial_id']}/"
+                f"{metrics['artifact_id']}"
+            )
             document = json.loads(body)
             trial = by_number[shown["number"]]
             assert document["number"] == trial.number and document["source"] == "test"
@@ -175,7 +196,7 @@ def test_dashboard_serves_feasibility_attrs_note_and_artifacts(tmp_path):
     assert rc == 0
 
     # a second start stores no second copy of unchanged plots
-    from search.dashboard import attach_study_plots
+    from effscale.search.dashboard import attach_study_plots
 
     again = attach_study_plots(study, definition, artifact_store=store)
     assert sorted(again) == sorted(a["artifact_id"] for a in plots.values())
@@ -193,7 +214,7 @@ def test_non_loopback_host_is_refused_without_allow_remote(tmp_path, capsys):
         assert is_loopback(host) and check_host(host, allow_remote=False)
     for host in ("0.0.0.0", "::", "", "10.0.0.1", "192.168.1.20"):
         assert not is_loopback(host)
-        with pytest.raises(ValueError, match="--allow-remote"):
+        with pytest.raises(ValueError, match="`allow_remote`"):
             check_host(host, allow_remote=False)
         assert check_host(host, allow_remote=True) is False  # allowed, reported non-loopback
 
@@ -209,9 +230,14 @@ def wsgi_get(app, path: str) -> dict:
 
 def test_record_feasibility_is_read_once_by_optuna_and_by_the_dashboard(tmp_path):
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "toy.journal")))
-    study = optuna.create_study(study_name="toy", storage=storage, direction="maximize",
-                                sampler=optuna.samplers.GPSampler(seed=0, n_startup_trials=4))
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "toy.journal"))
+    )
+    study = optuna.create_study(
+        study_name="toy",
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.GPSampler(seed=0, n_startup_trials=4),
+    )
 
     def objective(trial):
         x = trial.suggest_float("x", 0.0, 1.0)
@@ -231,8 +257,9 @@ def test_record_feasibility_is_read_once_by_optuna_and_by_the_dashboard(tmp_path
 
     app = make_app(storage)
     detail = wsgi_get(app, f"/api/studies/{study._study_id}")
-    assert [t["constraints"] for t in detail["trials"]] == \
-        [[pytest.approx(t.params["x"] - 0.5)] for t in trials]
+    assert [t["constraints"] for t in detail["trials"]] == [
+        [pytest.approx(t.params["x"] - 0.5)] for t in trials
+    ]
     # single objective: the dashboard's best trial is the best feasible one, not max x
     assert [t["number"] for t in detail["best_trials"]] == [best.number]
     assert max(t.value for t in trials) > best.value
@@ -255,8 +282,12 @@ def test_record_feasibility_is_read_once_by_optuna_and_by_the_dashboard(tmp_path
 
 def test_attach_files_dedupes_and_stays_inside_its_folder(tmp_path):
     definition = load_study_file(write_band_study(tmp_path, storage="journal:///j.journal"))
-    study = optuna.create_study(study_name="s", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))))
+    study = optuna.create_study(
+        study_name="s",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))
+        ),
+    )
     store = artifact_store_for(definition)
     out = tmp_path / "exported"
     (out / "sub").mkdir(parents=True)
@@ -268,8 +299,11 @@ def test_attach_files_dedupes_and_stays_inside_its_folder(tmp_path):
     assert attach_files(study, ["table.csv"], artifact_store=store, under=out) == ids[:1]
     (out / "table.csv").write_text("phi,macs\n0,2\n")  # changed bytes: a new artifact
     assert attach_files(study, [out / "table.csv"], artifact_store=store) != ids[:1]
-    assert sorted(a["filename"] for a in list_artifacts(study)) == \
-        ["family.json", "table.csv", "table.csv"]
+    assert sorted(a["filename"] for a in list_artifacts(study)) == [
+        "family.json",
+        "table.csv",
+        "table.csv",
+    ]
     assert len(list((tmp_path / "band.artifacts").iterdir())) == 3
 
     for bad in ("../secret.txt", str(tmp_path / "secret.txt"), "sub/../../secret.txt"):

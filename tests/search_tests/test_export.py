@@ -15,30 +15,25 @@ import optuna
 import pytest
 import torch
 
-from detector.complexity import COUNTING_CONVENTION, count_complexity
-from detector.config import FpnConfig, load_config, preset
-from detector.model import build_model
-from detector.scaling import PAPER_SPEC
-from search.cli import main
-from search.export import (
-    OFFICIAL_BACKBONES,
-    atomic_directory,
-    choose_trial,
-    derive_family,
-    effdet_backbone_name,
-    effdet_config,
-    load_effdet_config,
-    parse_phi_range,
-)
-from search.objective import build_configs
-from search.plots import study_plot_data
-from search.runners.optuna_runner import run_study
-from search.storage import open_storage, resolve_storage_url
-from search.study_file import load_study_file
+from effscale.detector.complexity import COUNTING_CONVENTION, count_complexity
+from effscale.detector.config import FpnConfig, load_config, preset
+from effscale.detector.model import build_model
+from effscale.detector.scaling import PAPER_SPEC
+from effscale.search.cli import main
+from effscale.search.commands.export import parse_phi_range
+from effscale.search.export import effdet_backbone_name, effdet_config, load_effdet_config
+from effscale.search.family import OFFICIAL_BACKBONES, build_configs, derive_family
+from effscale.search.output import MARKER, atomic_directory
+from effscale.search.plots import plot_ap_vs_macs
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.storage import open_storage, resolve_storage_url
+from effscale.search.study_file import load_study_file
+from effscale.search.trials import choose_trial
 from tests.search_tests.conftest import STUDIES, as_training, edit_study
 
-GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "golden" / "complexity.json")
-                    .read_text())
+GOLDEN = json.loads(
+    (Path(__file__).resolve().parents[1] / "golden" / "complexity.json").read_text()
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -80,12 +75,19 @@ def test_paper_family_grows_builds_and_matches_golden_d0(tmp_path):
     for member in family.members:
         loaded = load_config(out / f"{member.name}.toml")
         assert loaded == member.config
-        assert _meta_params(loaded) == member.complexity.params == \
-            manifest["members"][member.name]["num_params"]
+        assert (
+            _meta_params(loaded)
+            == member.complexity.params
+            == manifest["members"][member.name]["num_params"]
+        )
         dims = loaded.image_size[0], loaded.fpn.channels, loaded.fpn.repeats, loaded.head.repeats
         phi = member.phi
-        assert dims == (512 + 128 * phi, [64, 88, 120, 160, 216, 288, 384, 520][phi], 3 + phi,
-                        3 + phi // 3)
+        assert dims == (
+            512 + 128 * phi,
+            [64, 88, 120, 160, 216, 288, 384, 520][phi],
+            3 + phi,
+            3 + phi // 3,
+        )
     assert load_config(out / "d0.toml") == preset("d0")
 
 
@@ -109,8 +111,12 @@ def test_paper_rules_reproduce_the_presets_where_they_agree():
 
 def test_official_table_export_via_the_cli_equals_the_presets(tmp_path):
     out = tmp_path / "official"
-    assert main(["export", "--paper", "--backbone-table", "official", "--phi", "0-4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["export", "--paper", "--backbone-table", "official", "--phi", "0-4", "--out", str(out)]
+        )
+        == 0
+    )
     for name in ("d0", "d1", "d3"):
         assert load_config(out / f"{name}.toml") == preset(name)
         assert count_complexity(load_config(out / f"{name}.toml")).to_dict() == GOLDEN[name]
@@ -124,16 +130,44 @@ def test_official_table_export_via_the_cli_equals_the_presets(tmp_path):
 
 def test_manifest_and_tables(tmp_path):
     out = tmp_path / "fam"
-    assert main(["export", "--alpha", "1.25", "--beta", "1.08", "--gamma", "1.12",
-                 "--resolution-rule", "compound", "--phi", "2-4", "--prefix", "m",
-                 "--num-classes", "20", "--format", "json", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--alpha",
+                "1.25",
+                "--beta",
+                "1.08",
+                "--gamma",
+                "1.12",
+                "--resolution-rule",
+                "compound",
+                "--phi",
+                "2-4",
+                "--prefix",
+                "m",
+                "--num-classes",
+                "20",
+                "--format",
+                "json",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["effscale_version"] == version("effscale")
     assert datetime.fromisoformat(manifest["created"]).utcoffset().total_seconds() == 0
     assert manifest["counting_convention"] == COUNTING_CONVENTION
-    assert manifest["coefficients"] == {"alpha": 1.25, "beta": 1.08, "gamma": 1.12,
-                                        "width_growth": 1.35, "depth_step": 1.0,
-                                        "fusion": "fastattn"}
+    assert manifest["coefficients"] == {
+        "alpha": 1.25,
+        "beta": 1.08,
+        "gamma": 1.12,
+        "width_growth": 1.35,
+        "depth_step": 1.0,
+        "fusion": "fastattn",
+    }
     assert manifest["source"] == "coefficients" and manifest["trial_number"] is None
     assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir())
     for phi in (2, 3, 4):
@@ -146,9 +180,20 @@ def test_manifest_and_tables(tmp_path):
         assert meta["_ops"] == pytest.approx(cost.macs / 1e9, abs=1e-6)
         assert meta["min_size"] == [round(512 * 1.12**phi / 32) * 32] * 2
     rows = list(csv.DictReader((out / "family.csv").read_text().splitlines()))
-    assert list(rows[0]) == ["name", "phi", "image_size", "backbone_width", "backbone_depth",
-                             "bifpn_width", "bifpn_depth", "head_depth", "fusion", "params",
-                             "gmacs", "activations"]
+    assert list(rows[0]) == [
+        "name",
+        "phi",
+        "image_size",
+        "backbone_width",
+        "backbone_depth",
+        "bifpn_width",
+        "bifpn_depth",
+        "head_depth",
+        "fusion",
+        "params",
+        "gmacs",
+        "activations",
+    ]
     assert float(rows[0]["backbone_width"]) == round(1.08**2, 4)
     assert float(rows[0]["backbone_depth"]) == round(1.25**2, 4)
     md = (out / "family.md").read_text()
@@ -170,15 +215,19 @@ def test_phi_ranges():
 def test_effdet_format_builds_in_effdet_with_our_parameter_count(tmp_path):
     effdet = pytest.importorskip("effdet")
     out = tmp_path / "effdet"
-    assert main(["export", "--paper", "--phi", "0-3", "--format", "effdet",
-                 "--out", str(out)]) == 0
+    assert main(["export", "--paper", "--phi", "0-3", "--format", "effdet", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     # beta**phi, alpha**phi decode to B0, B2 and B3 at phi = 0, 1, 2; phi = 3 to no B-model
-    assert [manifest["members"][n].get("effdet_backbone") for n in ("d0", "d1", "d2")] == \
-        ["tf_efficientnet_b0", "tf_efficientnet_b2", "tf_efficientnet_b3"]
+    assert [manifest["members"][n].get("effdet_backbone") for n in ("d0", "d1", "d2")] == [
+        "tf_efficientnet_b0",
+        "tf_efficientnet_b2",
+        "tf_efficientnet_b3",
+    ]
     assert list(manifest["effdet_unsupported"]) == ["d3"]
-    assert "matches no registered timm EfficientNet" in manifest["members"]["d3"][
-        "effdet_unsupported"][0]
+    assert (
+        "matches no registered timm EfficientNet"
+        in manifest["members"]["d3"]["effdet_unsupported"][0]
+    )
     assert not (out / "d3.effdet.json").exists()
     for name in ("d0", "d1", "d2"):
         config = load_effdet_config(out / f"{name}.effdet.json")
@@ -193,12 +242,14 @@ def test_effdet_fusion_and_odd_sizes_match(fusion):
     effdet = pytest.importorskip("effdet")
     from omegaconf import OmegaConf
 
-    config = preset("d1").replace(image_size=(160, 224),
-                                  fpn=FpnConfig(channels=88, repeats=4, fusion=fusion))
+    config = preset("d1").replace(
+        image_size=(160, 224), fpn=FpnConfig(channels=88, repeats=4, fusion=fusion)
+    )
     assert effdet_backbone_name(config.backbone) == "tf_efficientnet_b1"
     with torch.device("meta"):
-        theirs = effdet.EfficientDet(OmegaConf.create(effdet_config(config)),
-                                     pretrained_backbone=False).eval()
+        theirs = effdet.EfficientDet(
+            OmegaConf.create(effdet_config(config)), pretrained_backbone=False
+        ).eval()
         ours = build_model(config).eval()
         images = torch.empty(1, 3, 160, 224)
         their_cls, _ = theirs(images)
@@ -210,7 +261,7 @@ def test_effdet_fusion_and_odd_sizes_match(fusion):
 
 def test_effdet_config_refuses_what_effdet_cannot_build():
     config = derive_family(PAPER_SPEC, [3]).members[0].config
-    with pytest.raises(ValueError, match="d3 cannot be expressed: backbone width 1.331"):
+    with pytest.raises(ValueError, match="d3 cannot be expressed in effdet: backbone width 1.331"):
         effdet_config(config)
 
 
@@ -219,8 +270,10 @@ def test_effdet_config_refuses_what_effdet_cannot_build():
 
 def _write_study(folder: Path, changes: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    text = edit_study((STUDIES / "surrogate_compound.toml").read_text(),
-                      {"study.storage": '"journal:///study.journal"', **changes})
+    text = edit_study(
+        (STUDIES / "surrogate_compound.toml").read_text(),
+        {"study.storage": '"journal:///study.journal"', **changes},
+    )
     path = folder / "study.toml"
     path.write_text(text)
     return path
@@ -241,7 +294,8 @@ def finished_study(tmp_path_factory) -> tuple[Path, int]:
     d = load_study_file(path)
     storage = open_storage(resolve_storage_url(d.storage_url, base_dir=d.folder))
     optuna.load_study(study_name=d.study.name, storage=storage).enqueue_trial(
-        {"alpha": 1.6, "beta": 1.4})
+        {"alpha": 1.6, "beta": 1.4}
+    )
     run_study(d, n_trials=9, quiet=True)
     last = max(_trials(path), key=lambda t: t.number)
     assert last.state.name == "PRUNED" and last.user_attrs["feasible"] is False
@@ -259,9 +313,11 @@ def test_a_finished_study_exports_reloads_and_builds(finished_study, tmp_path, c
         capsys.readouterr()
         assert main(["export", str(path), "--out", str(out)]) == 2
         depth = round(best.params["alpha"] ** (top + 1), 4)
-        assert (f"member d{top + 1} (φ = {top + 1}) is not a legal detector (backbone.depth_"
-                f"multiplier: must be a number in [0.05, 8], got {depth}); use --phi 0-{top} or "
-                "smaller coefficients") in _one_error_line(capsys)
+        assert (
+            f"member d{top + 1} (φ = {top + 1}) is not a legal detector (backbone.depth_"
+            f"multiplier: must be a number in [0.05, 8], got {depth}); use --phi 0-{top} or "
+            "smaller coefficients"
+        ) in _one_error_line(capsys)
         assert not out.exists()
     assert main(["export", str(path), "--phi", f"0-{top}", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -269,8 +325,11 @@ def test_a_finished_study_exports_reloads_and_builds(finished_study, tmp_path, c
     assert manifest["study"]["name"] == "surrogate-compound"
     assert manifest["study"]["storage"] == f"journal:///{path.parent / 'study.journal'}"
     c = manifest["coefficients"]
-    assert (c["alpha"], c["beta"], c["gamma"]) == (best.params["alpha"], best.params["beta"],
-                                                   best.user_attrs["gamma"])
+    assert (c["alpha"], c["beta"], c["gamma"]) == (
+        best.params["alpha"],
+        best.params["beta"],
+        best.user_attrs["gamma"],
+    )
     for phi in range(top + 1):
         config = load_config(out / f"d{phi}.toml")
         assert config.num_classes == 90
@@ -288,8 +347,24 @@ def test_the_proxy_anchor_reproduces_the_trained_model(finished_study, tmp_path)
     d = load_study_file(path)
     chosen = choose_trial(_trials(path), objectives=d.study.objectives)
     out = tmp_path / "proxy"
-    assert main(["export", str(path), "--trial", str(chosen.number), "--anchor", "proxy",
-                 "--phi", "0-2", "--out", str(out), "--no-plot"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(path),
+                "--trial",
+                str(chosen.number),
+                "--anchor",
+                "proxy",
+                "--phi",
+                "0-2",
+                "--out",
+                str(out),
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
     phi0, phi1 = build_configs(d.base, chosen.point, num_classes=90)
     assert load_config(out / "d0.toml") == phi0.replace(name="d0")
     assert load_config(out / "d1.toml") == phi1.replace(name="d1")
@@ -304,24 +379,26 @@ def test_study_plot_band_is_the_target_around_the_proxy_cost(finished_study):
     d = load_study_file(path)
     trials = _trials(path)
     chosen = choose_trial(trials, objectives=d.study.objectives)
-    data = study_plot_data(d, trials, chosen=chosen, num_classes=90)
-    proxy = count_complexity(build_configs(d.base, chosen.point, num_classes=90)[0]).macs / 1e9
-    assert data.proxy_gmacs == pytest.approx(proxy)
-    assert data.band == pytest.approx((1.9 * proxy, 2.1 * proxy))
-    assert [n for n, _ in data.infeasible] == [
-        t.number for t in trials if t.user_attrs.get("feasible") is False]
-    assert infeasible in [n for n, _ in data.infeasible]
-    assert chosen.number in data.pareto
+    data = plot_ap_vs_macs(d, trials, chosen=chosen.number)
+    proxy = count_complexity(build_configs(d.base, chosen.point, num_classes=90)[0]).macs
+    assert data.proxy_macs == pytest.approx(proxy)
+    assert data.band_macs == pytest.approx((1.9 * proxy, 2.1 * proxy))
+    assert list(data.infeasible_numbers) == [
+        t.number for t in trials if t.user_attrs.get("feasible") is False
+    ]
+    assert infeasible in data.infeasible_numbers
+    assert chosen.number in data.front
     complete = sum(1 for t in trials if t.state.name == "COMPLETE")
-    assert len(data.points) == complete
+    assert len(data.numbers) == complete
 
 
 def test_two_objective_study_exports_a_pareto_trial(tmp_path, capsys):
-    path = _write_study(tmp_path / "mo", {"study.n_trials": "10",
-                                          "study.objectives": '["ap", "macs"]'})
+    path = _write_study(
+        tmp_path / "mo", {"study.n_trials": "10", "study.objectives": '["ap", "macs"]'}
+    )
     run_study(load_study_file(path), quiet=True)
     trials = _trials(path)
-    from search.runners.optuna_runner import pareto_front
+    from effscale.search.trials import pareto_front
 
     front = pareto_front(trials)
     best_on_front = max(front, key=lambda t: t.values[0])
@@ -335,22 +412,37 @@ def test_two_objective_study_exports_a_pareto_trial(tmp_path, capsys):
     dominated = [t for t in trials if t.state.name == "COMPLETE" and t.number not in on_front]
     if dominated:
         capsys.readouterr()
-        assert main(["export", str(path), "--trial", str(dominated[0].number),
-                     "--out", str(tmp_path / "x")]) == 2
+        assert (
+            main(
+                [
+                    "export",
+                    str(path),
+                    "--trial",
+                    str(dominated[0].number),
+                    "--out",
+                    str(tmp_path / "x"),
+                ]
+            )
+            == 2
+        )
         assert "is not on the Pareto front" in _one_error_line(capsys)
 
 
 # ------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--trial", "999"], "has no trial 999 (trials 0-8)"),
-    (["--trial", "INFEASIBLE"], "is infeasible"),
-    (["--phi", "5-3"], "--phi: range 5-3 has no members"),
-    (["--alpha", "1.3"], "--alpha: the coefficients come from STUDY.toml"),
-])
-def test_bad_study_input_is_one_line_and_writes_nothing(finished_study, tmp_path, capsys,
-                                                        args, message):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trial", "999"], "has no trial 999 (trials 0-8)"),
+        (["--trial", "INFEASIBLE"], "is infeasible"),
+        (["--phi", "5-3"], "--phi: range 5-3 has no members"),
+        (["--alpha", "1.3"], "--alpha: the coefficients come from STUDY.toml"),
+    ],
+)
+def test_bad_study_input_is_one_line_and_writes_nothing(
+    finished_study, tmp_path, capsys, args, message
+):
     path, infeasible = finished_study
     args = [str(infeasible) if a == "INFEASIBLE" else a for a in args]
     out = tmp_path / "out"
@@ -361,14 +453,17 @@ def test_bad_study_input_is_one_line_and_writes_nothing(finished_study, tmp_path
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--paper", "--phi", "0-13"], "--phi: 0-13 leaves [0, 12]"),
-    (["--paper", "--backbone-table", "official", "--phi", "6-8"], "official table covers"),
-    (["--paper", "--bifpn-growth", "0.5"], "--bifpn-growth: must be in [1, 4]"),
-    (["--paper", "--phi", "0-12", "--bifpn-growth", "2"], "member d7 (φ = 7) is not a legal"),
-    (["--beta", "1.1"], "give STUDY.toml, or --alpha, --beta and --gamma"),
-    (["--paper", "--trial", "3"], "--trial: needs STUDY.toml"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--paper", "--phi", "0-13"], "--phi: 0-13 leaves [0, 12]"),
+        (["--paper", "--backbone-table", "official", "--phi", "6-8"], "official table covers"),
+        (["--paper", "--bifpn-growth", "0.5"], "--bifpn-growth: must be in [1, 4]"),
+        (["--paper", "--phi", "0-12", "--bifpn-growth", "2"], "member d7 (φ = 7) is not a legal"),
+        (["--beta", "1.1"], "give STUDY.toml, or --alpha, --beta and --gamma"),
+        (["--paper", "--trial", "3"], "--trial: needs STUDY.toml"),
+    ],
+)
 def test_bad_coefficient_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "out"
     assert main(["export", *args, "--out", str(out)]) == 2
@@ -378,8 +473,9 @@ def test_bad_coefficient_input_is_one_line_and_writes_nothing(tmp_path, capsys, 
 
 
 def test_no_feasible_trial_is_a_clear_error(tmp_path, capsys):
-    path = _write_study(tmp_path / "none", {"study.n_trials": "1",
-                                            "space.alpha": "1.6", "space.beta": "1.4"})
+    path = _write_study(
+        tmp_path / "none", {"study.n_trials": "1", "space.alpha": "1.6", "space.beta": "1.4"}
+    )
     run_study(load_study_file(path), quiet=True)
     capsys.readouterr()
     assert main(["export", str(path), "--out", str(tmp_path / "out")]) == 2
@@ -399,8 +495,7 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path, capsy
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main(["export", "--paper", "--phi", "0-2", "--out", str(out), "--overwrite"]) == 0
     assert (out / "d2.toml").is_file()
-    assert json.loads((out / "manifest.json").read_text())["members"].keys() == \
-        {"d0", "d1", "d2"}
+    assert json.loads((out / "manifest.json").read_text())["members"].keys() == {"d0", "d1", "d2"}
     assert _leftovers(tmp_path) == []
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -410,16 +505,16 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path, capsy
 
 def test_an_error_inside_the_write_leaves_the_old_folder(tmp_path):
     out = tmp_path / "fam"
-    out.mkdir()
-    (out / "manifest.json").write_text("{}")
+    with atomic_directory(out, command="export") as tmp:
+        (tmp / "manifest.json").write_text("{}")
     with pytest.raises(RuntimeError, match="disk full"):
-        with atomic_directory(out, overwrite=True) as tmp:
+        with atomic_directory(out, command="export", overwrite=True) as tmp:
             (tmp / "d0.toml").write_text("half")
             raise RuntimeError("disk full")
-    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "manifest.json"]
     assert _leftovers(tmp_path) == []
     with pytest.raises(ValueError, match="is a file"):
-        with atomic_directory(out / "manifest.json"):
+        with atomic_directory(out / "manifest.json", command="export"):
             pass
 
 
@@ -428,8 +523,10 @@ def test_overwrite_never_replaces_an_unrelated_folder(tmp_path, capsys):
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     assert main(["export", "--paper", "--phi", "0", "--out", str(other), "--overwrite"]) == 2
-    assert "holds no manifest.json, so it is not an earlier effscale output" in \
-        _one_error_line(capsys)
+    assert (
+        "holds no .effscale-output.json, so it is not an earlier effscale export output"
+        in _one_error_line(capsys)
+    )
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
 
 
@@ -439,32 +536,48 @@ def test_overwrite_never_replaces_an_unrelated_folder(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_tiny_trained_study_exports_reloads_and_builds(trained_study, tmp_path):
     out = tmp_path / "family"
-    assert main(["export", str(trained_study), "--phi", "0-3", "--format", "effdet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["export", str(trained_study), "--phi", "0-3", "--format", "effdet", "--out", str(out)]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["study"]["trial_ap"] > 0
     d0 = load_config(out / "d0.toml")
     assert d0 == preset("d0", num_classes=2)  # anchored at [base] preset d0, data has 2 classes
     effdet = pytest.importorskip("effdet")
     with torch.device("meta"):  # D0's backbone is B0: effdet builds it
-        theirs = effdet.EfficientDet(load_effdet_config(out / "d0.effdet.json"),
-                                     pretrained_backbone=False)
+        theirs = effdet.EfficientDet(
+            load_effdet_config(out / "d0.effdet.json"), pretrained_backbone=False
+        )
     assert _params(theirs) == manifest["members"]["d0"]["num_params"] == _meta_params(d0)
     for phi in range(4):
-        assert _meta_params(load_config(out / f"d{phi}.toml")) == \
-            manifest["members"][f"d{phi}"]["num_params"]
+        assert (
+            _meta_params(load_config(out / f"d{phi}.toml"))
+            == manifest["members"][f"d{phi}"]["num_params"]
+        )
     assert (out / "study.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def tiny_training_text(n_trials: int = 3) -> str:
     """The surrogate study turned into a real training study: D0 at phi = -4 and 64 px, 2 steps
     of 4 images on 16 generated 64-px images of 2 classes, journal storage."""
-    text = as_training((STUDIES / "surrogate_compound.toml").read_text(),
-                       "generate = {train = 16, val = 8, image_size = 64, num_classes = 2}",
-                       'steps = 2\nbatch_size = 4\ndevice = "cpu"')
-    return edit_study(text, {"base.phi_proxy": "-4", "base.resolution": "64",
-                             "base.num_classes": "2", "study.n_trials": str(n_trials),
-                             "study.storage": '"journal:///study.journal"'})
+    text = as_training(
+        (STUDIES / "surrogate_compound.toml").read_text(),
+        "generate = {train = 16, val = 8, image_size = 64, num_classes = 2}",
+        'steps = 2\nbatch_size = 4\ndevice = "cpu"',
+    )
+    return edit_study(
+        text,
+        {
+            "base.phi_proxy": "-4",
+            "base.resolution": "64",
+            "base.num_classes": "2",
+            "study.n_trials": str(n_trials),
+            "study.storage": '"journal:///study.journal"',
+        },
+    )
 
 
 _TRAINED: dict[str, Path] = {}

@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from detector.complexity import count_complexity
-from detector.config import preset
-from search import packing
-from search.cli import main
-from search.commands._types import positive_int_or_auto
-from search.objective import build_configs, corner_points
-from search.packing import (
+from effscale.detector.complexity import count_complexity
+from effscale.detector.config import preset
+from effscale.search import packing
+from effscale.search.cli import main
+from effscale.search.commands._types import positive_int_or_auto
+from effscale.search.family import build_configs, corner_points
+from effscale.search.packing import (
     BYTES_PER_ACTIVATION,
     CONTEXT_BYTES,
     MAX_TRIALS_PER_GPU,
@@ -25,9 +25,9 @@ from search.packing import (
     resolve_packing,
     study_train_bytes,
 )
-from search.runners import optuna_runner, ray_runner
-from search.storage import resolve_storage_url
-from search.study_file import StudyFileError, load_study_file, parse_study_text
+from effscale.search.runners import optuna_runner, ray_driver
+from effscale.search.storage import resolve_storage_url
+from effscale.search.study_file import StudyFileError, load_study_file, parse_study_text
 from tests.search_tests.conftest import STUDIES, as_training, edit_study
 
 GIB = 2**30
@@ -35,8 +35,9 @@ SURROGATE = (STUDIES / "surrogate_compound.toml").read_text()
 
 
 def _training_study(tmp_path, *, train_extra: str = "", **changes: str):
-    text = as_training(edit_study(SURROGATE, changes),
-                       train="epochs = 1\nbatch_size = 32" + train_extra)
+    text = as_training(
+        edit_study(SURROGATE, changes), train="epochs = 1\nbatch_size = 32" + train_extra
+    )
     path = tmp_path / "train.toml"
     path.write_text(text)
     return load_study_file(path)
@@ -45,12 +46,16 @@ def _training_study(tmp_path, *, train_extra: str = "", **changes: str):
 # ------------------------------------------------------------------------------ calibration
 
 
-@pytest.mark.parametrize("pixels, measured_gib, activations_m, bytes_each", [
-    (512, 9.2, 43.5, 7.1),   # effdet tf_efficientdet_d0, 10 classes, H200, bf16, SGD, batch 32
-    (256, 2.4, 10.9, 7.4),
-])
-def test_calibration_reproduces_from_count_complexity(pixels, measured_gib, activations_m,
-                                                      bytes_each):
+@pytest.mark.parametrize(
+    "pixels, measured_gib, activations_m, bytes_each",
+    [
+        (512, 9.2, 43.5, 7.1),  # effdet tf_efficientdet_d0, 10 classes, H200, bf16, SGD, batch 32
+        (256, 2.4, 10.9, 7.4),
+    ],
+)
+def test_calibration_reproduces_from_count_complexity(
+    pixels, measured_gib, activations_m, bytes_each
+):
     config = preset("d0", num_classes=10).replace(image_size=(pixels, pixels))
     activations = count_complexity(config).activations
     assert round(activations / 1e6, 1) == activations_m
@@ -74,17 +79,21 @@ def test_estimate_is_activations_params_and_context():
 # ------------------------------------------------------------------------------ the rule
 
 
-@pytest.mark.parametrize("per_trial, gpu, cpus, gpus, expected, limits", [
-    (10 * GIB, 100 * GIB, 32, 1, 8, (9, 31, 8)),      # cap binds
-    (20 * GIB, 100 * GIB, 32, 1, 4, (4, 31, 8)),      # memory binds (90 / 20 = 4.5)
-    (1 * GIB, 100 * GIB, 5, 1, 4, (90, 4, 8)),        # cores bind, one kept for the driver
-    (1 * GIB, 100 * GIB, 9, 2, 4, (90, 4, 8)),        # cores are shared by the GPUs
-    (1 * GIB, 100 * GIB, 1, 1, 1, (90, 1, 8)),        # one core: still one trial
-    (200 * GIB, 100 * GIB, 32, 1, 1, (0, 31, 8)),     # too big for the GPU: at least one
-])
+@pytest.mark.parametrize(
+    "per_trial, gpu, cpus, gpus, expected, limits",
+    [
+        (10 * GIB, 100 * GIB, 32, 1, 8, (9, 31, 8)),  # cap binds
+        (20 * GIB, 100 * GIB, 32, 1, 4, (4, 31, 8)),  # memory binds (90 / 20 = 4.5)
+        (1 * GIB, 100 * GIB, 5, 1, 4, (90, 4, 8)),  # cores bind, one kept for the driver
+        (1 * GIB, 100 * GIB, 9, 2, 4, (90, 4, 8)),  # cores are shared by the GPUs
+        (1 * GIB, 100 * GIB, 1, 1, 1, (90, 1, 8)),  # one core: still one trial
+        (200 * GIB, 100 * GIB, 32, 1, 1, (0, 31, 8)),  # too big for the GPU: at least one
+    ],
+)
 def test_the_min_rule(per_trial, gpu, cpus, gpus, expected, limits):
-    decision = choose_trials_per_gpu(per_trial_bytes=per_trial, gpu_bytes=gpu, cpu_count=cpus,
-                                     num_gpus=gpus)
+    decision = choose_trials_per_gpu(
+        per_trial_bytes=per_trial, gpu_bytes=gpu, cpu_count=cpus, num_gpus=gpus
+    )
     assert decision.trials_per_gpu == expected
     assert (decision.by_memory, decision.by_cpu, decision.cap) == limits
     assert decision.trials_per_gpu == max(1, min(limits))
@@ -103,13 +112,21 @@ def test_cap_and_usable_fraction_are_parameters():
 
 
 def test_the_reason_is_one_line_a_user_reads():
-    decision = choose_trials_per_gpu(per_trial_bytes=round(2.6 * GIB), gpu_bytes=139 * GIB,
-                                     cpu_count=16, num_gpus=1)
+    decision = choose_trials_per_gpu(
+        per_trial_bytes=round(2.6 * GIB), gpu_bytes=139 * GIB, cpu_count=16, num_gpus=1
+    )
     assert decision.reason == (
         "8 trials per GPU (auto): memory allows 48 (2.6 GiB each of 139.0 GiB), CPU cores "
-        "allow 15 (16 cores, one kept for the driver, over 1 GPU), cap 8")
-    one = choose_trials_per_gpu(per_trial_bytes=200 * GIB, gpu_bytes=139 * GIB, cpu_count=4,
-                                num_gpus=2, cap=4, cap_reason="SQLite storage")
+        "allow 15 (16 cores, one kept for the driver, over 1 GPU), cap 8"
+    )
+    one = choose_trials_per_gpu(
+        per_trial_bytes=200 * GIB,
+        gpu_bytes=139 * GIB,
+        cpu_count=4,
+        num_gpus=2,
+        cap=4,
+        cap_reason="SQLite storage",
+    )
     assert one.reason.startswith("1 trial per GPU (auto): memory allows 0 ")
     assert "over 2 GPUs), cap 4 (SQLite storage); one trial may not fit" in one.reason
     free = choose_trials_per_gpu(per_trial_bytes=0, gpu_bytes=0, cpu_count=3, num_gpus=1)
@@ -126,8 +143,11 @@ def test_the_reason_is_one_line_a_user_reads():
 def test_the_largest_trial_decides(tmp_path):
     d = _training_study(tmp_path)
     low, high = corner_points(d.space, d.constraint)
-    sizes = [estimate_train_bytes(c, batch_size=32)
-             for point in (low, high) for c in build_configs(d.base, point, num_classes=90)]
+    sizes = [
+        estimate_train_bytes(c, batch_size=32)
+        for point in (low, high)
+        for c in build_configs(d.base, point, num_classes=90)
+    ]
     assert study_train_bytes(d) == max(sizes) == sizes[3]  # φ=1 at the high end, [base] 90
     assert study_train_bytes(d, num_classes=6) < max(sizes)  # the data's count when known
     assert study_train_bytes(load_study_file(STUDIES / "surrogate_compound.toml")) == 0
@@ -139,7 +159,10 @@ def test_resolution_with_injected_device_memory(tmp_path):
     without_cache = _training_study(tmp_path, train_extra='\ncache = "off"')
     decision = resolve_packing(without_cache, gpus=(0,), gpu_bytes=4 * per_trial, cpu_count=16)
     assert (decision.trials_per_gpu, decision.by_memory, decision.per_trial_bytes) == (
-        3, 3, per_trial)
+        3,
+        3,
+        per_trial,
+    )
     # cache auto (the default): each trial may also keep 5% of the GPU as its data cache
     ten = dict(gpus=(0,), gpu_bytes=10 * per_trial, cpu_count=16)
     assert resolve_packing(without_cache, **ten).by_memory == 9  # 0.9 × 10
@@ -160,7 +183,7 @@ def test_surrogate_studies_never_query_the_gpu():
     d = load_study_file(STUDIES / "surrogate_compound.toml")
     decision = resolve_packing(d, gpus=(0,), cpu_count=4)  # no GPU here: not asked
     assert (decision.trials_per_gpu, decision.gpu_bytes) == (3, 0)
-    options = ray_runner.resolve_options(d, gpus=(0,), trials_per_gpu="auto")
+    options = ray_driver.resolve_options(d, gpus=(0,), trials_per_gpu="auto")
     assert options.gpus_per_trial == 1 / resolve_packing(d, gpus=(0,)).trials_per_gpu
 
 
@@ -169,23 +192,30 @@ def test_the_auto_run_prints_and_stores_its_decision(surrogate_study, capsys):
     d = load_study_file(path)
     assert d.execution.trials_per_gpu == "auto"
     summary = optuna_runner.run_study(d, gpus=(0,), cpu_count=2)
-    assert summary.packing == ("1 trial per GPU (auto): trials use no GPU memory, CPU cores "
-                               "allow 1 (2 cores, one kept for the driver, over 1 GPU), cap 8")
+    assert summary.packing == (
+        "1 trial per GPU (auto): trials use no GPU memory, CPU cores "
+        "allow 1 (2 cores, one kept for the driver, over 1 GPU), cap 8"
+    )
     assert f"effscale search: {summary.packing}" in capsys.readouterr().out
     assert main(["status", str(path), "--format", "json"]) == 0
     stored = json.loads(capsys.readouterr().out)["packing"]
     assert (stored["auto"], stored["trials_per_gpu"], stored["reason"]) == (
-        True, 1, summary.packing)
+        True,
+        1,
+        summary.packing,
+    )
     optuna_runner.run_study(d, n_trials=4, gpus=(0,), trials_per_gpu=1, quiet=True)
     assert main(["status", str(path)]) == 0
-    assert ("packing of the last GPU run: 1 trial per GPU (given: --trials-per-gpu or "
-            "[execution] trials_per_gpu)") in capsys.readouterr().out
+    assert (
+        "packing of the last GPU run: 1 trial per GPU (given: --trials-per-gpu or "
+        "[execution] trials_per_gpu)"
+    ) in capsys.readouterr().out
 
 
 def test_bad_values_are_refused():
     assert check_trials_per_gpu("auto") == "auto" and check_trials_per_gpu(3) == 3
     for bad in (0, "four", True, 2.0):
-        with pytest.raises(ValueError, match="--trials-per-gpu: must be auto or an integer"):
+        with pytest.raises(ValueError, match="trials_per_gpu: must be auto or an integer"):
             check_trials_per_gpu(bad)
     convert = positive_int_or_auto("trials per GPU")
     assert (convert("auto"), convert("AUTO"), convert("4")) == ("auto", "auto", 4)
@@ -198,7 +228,7 @@ def test_gpu_memory_names_the_flag_when_a_gpu_is_missing():
     import torch
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    with pytest.raises(ValueError, match=f"--gpus: GPU {visible} is not visible"):
+    with pytest.raises(ValueError, match=f"gpus: GPU {visible} is not visible"):
         packing.gpu_memory_bytes((visible,))
 
 
@@ -211,13 +241,22 @@ def test_the_study_file_key():
         return parse_study_text(text, path="/tmp/s.toml").execution.trials_per_gpu
 
     assert execution(None) == "auto" and execution('"auto"') == "auto" and execution("4") == 4
-    assert parse_study_text(SURROGATE + "\n[execution]\nworkers = 2\n",
-                            path="/tmp/s.toml").execution.trials_per_gpu == "auto"
-    fix = ('write trials_per_gpu = "auto" (chosen from the GPU memory and CPU cores) or an '
-           'integer such as trials_per_gpu = 4')
-    for value, problem in (('"four"', "unknown value 'four'"), ("0", "must be >= 1, got 0"),
-                           ("2.5", 'must be "auto" or an integer >= 1, got 2.5 (number)'),
-                           ("true", 'must be "auto" or an integer >= 1, got True (boolean)')):
+    assert (
+        parse_study_text(
+            SURROGATE + "\n[execution]\nworkers = 2\n", path="/tmp/s.toml"
+        ).execution.trials_per_gpu
+        == "auto"
+    )
+    fix = (
+        'write trials_per_gpu = "auto" (chosen from the GPU memory and CPU cores) or an '
+        "integer such as trials_per_gpu = 4"
+    )
+    for value, problem in (
+        ('"four"', "unknown value 'four'"),
+        ("0", "must be >= 1, got 0"),
+        ("2.5", 'must be "auto" or an integer >= 1, got 2.5 (number)'),
+        ("true", 'must be "auto" or an integer >= 1, got True (boolean)'),
+    ):
         with pytest.raises(StudyFileError) as info:
             execution(value)
         assert str(info.value) == f"s.toml: execution.trials_per_gpu: {problem}; {fix}"
@@ -225,9 +264,14 @@ def test_the_study_file_key():
 
 def test_decide_packing_records_a_given_m_and_prints_an_auto_one(capsys):
     d = load_study_file(STUDIES / "surrogate_compound.toml")
-    assert decide_packing(d, gpus=(0,), trials_per_gpu=3) == (3, {
-        "auto": False, "trials_per_gpu": 3,
-        "reason": "3 trials per GPU (given: --trials-per-gpu or [execution] trials_per_gpu)"})
+    assert decide_packing(d, gpus=(0,), trials_per_gpu=3) == (
+        3,
+        {
+            "auto": False,
+            "trials_per_gpu": 3,
+            "reason": "3 trials per GPU (given: --trials-per-gpu or [execution] trials_per_gpu)",
+        },
+    )
     assert capsys.readouterr().out == ""
     chosen, record = decide_packing(d, gpus=(0,), trials_per_gpu="auto", cpu_count=4)
     assert (chosen, record["auto"], record["trials_per_gpu"]) == (3, True, 3)

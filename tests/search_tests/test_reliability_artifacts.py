@@ -16,11 +16,9 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("detector.train", reason="checkpoints are written by detector.train")
-
-from detector.train import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from search.cli import main  # noqa: E402
-from search.storage import safe_artifact_path  # noqa: E402
+from effscale.detector.train import CheckpointError, load_checkpoint, save_checkpoint
+from effscale.search.cli import main
+from effscale.search.output import safe_child
 
 #: set by Exploit.__reduce__'s payload if an unpickler ever runs it
 UNPICKLED: list[str] = []
@@ -39,8 +37,12 @@ class Exploit:
 
 
 def _state(size: int = 0) -> dict:
-    return {"format": "effscale-checkpoint-1", "config": {"name": "x"},
-            "model": {"w": torch.zeros(size or 4)}, "step": 1}
+    return {
+        "format": "effscale-checkpoint-1",
+        "config": {"name": "x"},
+        "model": {"w": torch.zeros(size or 4)},
+        "step": 1,
+    }
 
 
 def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path, capsys):
@@ -66,8 +68,11 @@ def test_a_damaged_checkpoint_gets_one_clear_line(tmp_path, capsys, damage):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, _state(1000))
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)),
-                      "empty": b""}[damage])
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[
+            damage
+        ]
+    )
     (tmp_path / "data").mkdir()
     assert main(["evaluate", str(tmp_path), "--data", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
@@ -89,8 +94,9 @@ def test_a_checkpoint_write_killed_midway_leaves_a_readable_file(tmp_path, capsy
     # children forked from a clean server that imported torch once: quick to start, and safe
     # (forking this process, whose threads may hold locks, can hang the child)
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["detector.train",
-                                    "tests.search_tests.test_reliability_artifacts"])
+    context.set_forkserver_preload(
+        ["effscale.detector.train", "tests.search_tests.test_reliability_artifacts"]
+    )
     rng = random.Random(0)
     for i in range(rounds):
         atomic, plain = tmp_path / f"a{i}" / "checkpoint.pt", tmp_path / f"p{i}.pt"
@@ -109,30 +115,46 @@ def test_a_checkpoint_write_killed_midway_leaves_a_readable_file(tmp_path, capsy
             unreadable["atomic"] += 1
         try:
             torch.load(plain, weights_only=True)
-        except Exception:  # noqa: BLE001 - any failure to read counts
+        except Exception:
             unreadable["plain"] += 1
     with capsys.disabled():
-        print(f"\nFIGURE checkpoint killed mid-write ({rounds} kill -9 rounds, 8 MB): "
-              f"temp+fsync+os.replace unreadable {unreadable['atomic']}/{rounds}; plain "
-              f"torch.save unreadable {unreadable['plain']}/{rounds}")
+        print(
+            f"\nFIGURE checkpoint killed mid-write ({rounds} kill -9 rounds, 8 MB): "
+            f"temp+fsync+os.replace unreadable {unreadable['atomic']}/{rounds}; plain "
+            f"torch.save unreadable {unreadable['plain']}/{rounds}"
+        )
     assert unreadable["atomic"] == 0
 
 
-@pytest.mark.parametrize("name", [
-    "../escape.json", "a/../../escape.json", "/etc/passwd", "\\\\server\\share\\x",
-    "C:\\x.json", "c:x.json", "..\\..\\x", "", "  ", "a\x00b", ".", "a/..", "~/.ssh/x",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../escape.json",
+        "a/../../escape.json",
+        "/etc/passwd",
+        "\\\\server\\share\\x",
+        "C:\\x.json",
+        "c:x.json",
+        "..\\..\\x",
+        "",
+        "  ",
+        "a\x00b",
+        ".",
+        "a/..",
+        "~/.ssh/x",
+    ],
+)
 def test_an_artifact_path_cannot_escape_its_folder(tmp_path, name):
-    with pytest.raises(ValueError, match="artifact name"):
-        safe_artifact_path(tmp_path, name)
+    with pytest.raises(ValueError, match="would leave"):
+        safe_child(tmp_path, name)
 
 
 def test_safe_artifact_paths_inside_the_folder(tmp_path):
-    assert safe_artifact_path(tmp_path, "best/config.json") == tmp_path / "best" / "config.json"
-    assert safe_artifact_path(tmp_path, "./a.json") == tmp_path / "a.json"
-    assert safe_artifact_path(tmp_path, "a..b.json") == tmp_path / "a..b.json"
+    assert safe_child(tmp_path, "best/config.json") == tmp_path / "best" / "config.json"
+    assert safe_child(tmp_path, "./a.json") == tmp_path / "a.json"
+    assert safe_child(tmp_path, "a..b.json") == tmp_path / "a..b.json"
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.mkdir()
     (tmp_path / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(ValueError, match="outside"):
-        safe_artifact_path(tmp_path, "link/x.json")
+        safe_child(tmp_path, "link/x.json")

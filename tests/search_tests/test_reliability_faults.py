@@ -16,24 +16,31 @@ import optuna
 import pytest
 import torch
 
-pytest.importorskip("detector.train", reason="the training objective needs detector.train")
-
-import search.objective  # noqa: E402
-from detector.train import DivergedError, TrainResult  # noqa: E402
-from search.objective import Objective, is_out_of_memory  # noqa: E402
-from search.runners.optuna_runner import best_trial, run_study  # noqa: E402
-from search.study_file import load_study_file  # noqa: E402
-from tests.search_tests.conftest import as_training, edit_study  # noqa: E402
+import effscale.search.objective
+from effscale.detector.train import DivergedError, TrainResult
+from effscale.search.objective import Objective, is_out_of_memory
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.study_file import load_study_file
+from effscale.search.trials import best_trial
+from tests.search_tests.conftest import as_training, edit_study
 
 JOURNAL = "journal:///study.journal"
-TINY = {"base.phi_proxy": "-4", "base.resolution": "64", "base.num_classes": "6",
-        "study.n_trials": "4", "space.beta": "{low = 1.0, high = 1.2}"}
+TINY = {
+    "base.phi_proxy": "-4",
+    "base.resolution": "64",
+    "base.num_classes": "6",
+    "study.n_trials": "4",
+    "space.beta": "{low = 1.0, high = 1.2}",
+}
 
 
 def training_study(surrogate_study, batch_size: int = 8):
     path = surrogate_study()
-    text = as_training(path.read_text(), "generate = {train = 16, val = 8, image_size = 64}",
-                       f'steps = 2\nbatch_size = {batch_size}\ndevice = "cpu"')
+    text = as_training(
+        path.read_text(),
+        "generate = {train = 16, val = 8, image_size = 64}",
+        f'steps = 2\nbatch_size = {batch_size}\ndevice = "cpu"',
+    )
     path.write_text(edit_study(text, TINY))
     return load_study_file(path)
 
@@ -45,8 +52,7 @@ def _result(ap: float) -> TrainResult:
 
 def _study(d, trainer, n_trials: int):
     objective = Objective(d, num_classes=6, data=replace(d.data, dir=d.folder), trainer=trainer)
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=0))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study.optimize(objective, n_trials=n_trials, catch=(Exception,))
     return study
@@ -58,14 +64,18 @@ def _study(d, trainer, n_trials: int):
 def test_oom_is_recognized():
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     assert is_out_of_memory(RuntimeError("MPS backend out of memory"))
-    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] "
-                                         "DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+        )
+    )
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))  # not an allocation failure
 
 
 def test_an_oom_trial_fails_with_reason_oom_frees_its_memory_and_the_study_goes_on(
-        surrogate_study, monkeypatch, capsys):
+    surrogate_study, monkeypatch, capsys
+):
     held: list[weakref.ref] = []
     calls: list[int] = []
     emptied: list[int] = []
@@ -89,19 +99,21 @@ def test_an_oom_trial_fails_with_reason_oom_frees_its_memory_and_the_study_goes_
     first, second = study.trials[0], study.trials[1]
     assert first.user_attrs["fail_reason"] == "oom"
     assert first.user_attrs["oom_retry_batch_size"] == 4
-    assert first.user_attrs["error"].startswith("TrialOutOfMemoryError: out of memory after the "
-                                                "retry at half the batch")
-    assert second.user_attrs["oom_retry_batch_size"] == 4 and "fail_reason" not in \
-        second.user_attrs
+    assert first.user_attrs["error"].startswith(
+        "TrialOutOfMemoryError: out of memory after the retry at half the batch"
+    )
+    assert second.user_attrs["oom_retry_batch_size"] == 4 and "fail_reason" not in second.user_attrs
     assert calls == [8, 4, 8, 4, 8, 8]
     gc.collect()
     assert all(ref() is None for ref in held)  # the tensors of the failed steps are freed
     assert len(emptied) >= 3  # the CUDA cache was emptied after each OOM
     with capsys.disabled():
-        print(f"\nFIGURE oom: trial 0 FAIL fail_reason=oom after a retry at batch 4; trial 1 "
-              f"COMPLETE at batch {second.user_attrs['oom_retry_batch_size']}; "
-              f"empty_cache calls {len(emptied)}; leaked tensors "
-              f"{sum(ref() is not None for ref in held)}; study went on: {states}")
+        print(
+            f"\nFIGURE oom: trial 0 FAIL fail_reason=oom after a retry at batch 4; trial 1 "
+            f"COMPLETE at batch {second.user_attrs['oom_retry_batch_size']}; "
+            f"empty_cache calls {len(emptied)}; leaked tensors "
+            f"{sum(ref() is not None for ref in held)}; study went on: {states}"
+        )
 
 
 def test_a_batch_that_cannot_be_halved_fails_at_once(surrogate_study):
@@ -118,8 +130,9 @@ def test_a_batch_that_cannot_be_halved_fails_at_once(surrogate_study):
     assert "cannot be halved" in trial.user_attrs["error"] and calls == [2]
 
 
-def test_an_oom_trial_in_a_real_run_is_recorded_and_the_rerun_completes(surrogate_study,
-                                                                          monkeypatch):
+def test_an_oom_trial_in_a_real_run_is_recorded_and_the_rerun_completes(
+    surrogate_study, monkeypatch
+):
     d = training_study(surrogate_study)
     calls = []
 
@@ -129,7 +142,7 @@ def test_an_oom_trial_in_a_real_run_is_recorded_and_the_rerun_completes(surrogat
             raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
         return _result(0.1)
 
-    monkeypatch.setattr("detector.train.train_proxy", trainer)
+    monkeypatch.setattr("effscale.search.objective.train_proxy", trainer)
     summary = run_study(d, storage=JOURNAL, quiet=True)
     assert (summary.n_failed, summary.n_complete + summary.n_pruned) == (1, 3)
     again = run_study(d, storage=JOURNAL, quiet=True)
@@ -152,9 +165,11 @@ def test_divergence_is_pruned_with_reason_never_complete(surrogate_study, capsys
         assert "ap" not in trial.user_attrs
     assert best_trial(study.trials) is None
     with capsys.disabled():
-        print(f"\nFIGURE divergence: {len(study.trials)} diverging trials -> "
-              f"{[t.state.name for t in study.trials]}, prune_reason=diverged, "
-              "completed with AP 0: 0")
+        print(
+            f"\nFIGURE divergence: {len(study.trials)} diverging trials -> "
+            f"{[t.state.name for t in study.trials]}, prune_reason=diverged, "
+            "completed with AP 0: 0"
+        )
 
 
 # ------------------------------------------------------------------------------ 8. non-finite
@@ -171,14 +186,14 @@ def test_optuna_itself_records_plus_inf_as_complete_and_best():
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_a_non_finite_ap_is_never_recorded(surrogate_study, monkeypatch, bad, capsys):
-    original = search.objective.surrogate_accuracy
+    original = effscale.search.objective.surrogate_accuracy
     calls = []
 
     def faulty(constants, **kw):  # fault injection: the 2nd and 4th evaluations
         calls.append(1)
         return bad if len(calls) in (2, 4) else original(constants, **kw)
 
-    monkeypatch.setattr(search.objective, "surrogate_accuracy", faulty)
+    monkeypatch.setattr(effscale.search.objective, "surrogate_accuracy", faulty)
     path = surrogate_study({"study.n_trials": "6"})
     for _ in range(3):  # a failed trial does not count: reruns fill the study
         summary = run_study(load_study_file(path), storage=JOURNAL, quiet=True)
@@ -197,9 +212,11 @@ def test_a_non_finite_ap_is_never_recorded(surrogate_study, monkeypatch, bad, ca
     assert math.isfinite(study.best_value) and study.best_trial.state.name == "COMPLETE"
     if bad == math.inf:
         with capsys.disabled():
-            print(f"\nFIGURE non-finite: {len(failed)} injected +inf APs -> FAIL "
-                  "(fail_reason=non_finite); non-finite values recorded: 0; best value "
-                  f"{study.best_value:.4f}")
+            print(
+                f"\nFIGURE non-finite: {len(failed)} injected +inf APs -> FAIL "
+                "(fail_reason=non_finite); non-finite values recorded: 0; best value "
+                f"{study.best_value:.4f}"
+            )
 
 
 def test_a_non_finite_trained_ap_fails(surrogate_study):

@@ -16,8 +16,8 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from search.cli import main
-from search.storage import (
+from effscale.search.cli import main
+from effscale.search.storage import (
     HeartbeatSettings,
     check_journal,
     heartbeat_settings,
@@ -61,7 +61,7 @@ def test_optuna_5138_one_torn_line_breaks_every_later_load(tmp_path):
     for _ in range(2):  # two more writers append (each of them errs or not, the file is broken)
         try:
             _fill(_plain(path), "s", 1)
-        except Exception:  # noqa: BLE001 - the first one trips over its own glued log
+        except Exception:
             pass
     with pytest.raises(json.JSONDecodeError):
         optuna.load_study(study_name="s", storage=_plain(path))
@@ -80,9 +80,11 @@ def test_effscale_cuts_a_torn_tail_before_appending(tmp_path, capsys):
     assert backup.read_bytes().endswith(torn) and backup.stat().st_size == size
     assert check_journal(location.path).ok
     with capsys.disabled():
-        print(f"\nFIGURE torn journal: Optuna's backend: every load fails after a torn line "
-              f"(optuna#5138); effscale's: {len(torn)} torn bytes cut before the next append, "
-              f"6/6 trials readable, copy in {backup.name}")
+        print(
+            f"\nFIGURE torn journal: Optuna's backend: every load fails after a torn line "
+            f"(optuna#5138); effscale's: {len(torn)} torn bytes cut before the next append, "
+            f"6/6 trials readable, copy in {backup.name}"
+        )
 
 
 def test_effscale_mends_a_glued_last_line_before_appending(tmp_path):
@@ -109,7 +111,7 @@ def test_a_glued_journal_is_refused_with_the_fix_then_repaired(surrogate_study, 
     for _ in range(2):  # a foreign writer (plain Optuna) glues onto it, then appends
         try:
             _fill(_plain(journal), "foreign", 1)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     capsys.readouterr()
     assert main(["search", str(path), "--quiet", "--storage", JOURNAL]) == 2
@@ -140,11 +142,16 @@ def test_repair_keeps_a_whole_log_glued_onto_a_torn_one(tmp_path):
     glued = lines[-1][:10] + lines[-1]  # a torn copy of the last log, then the log itself
     path.write_bytes(b"\n".join(lines[:-1] + [glued, b'{"op_code": 7, "wor']))
     report = check_journal(path)
-    assert (report.bad_lines, report.recoverable, report.torn_tail) == ([len(lines)],
-                                                                        [len(lines)], 19)
+    assert (report.bad_lines, report.recoverable, report.torn_tail) == (
+        [len(lines)],
+        [len(lines)],
+        19,
+    )
     before, backup = repair_journal(path)
-    assert not before.ok and backup.read_bytes() == b"\n".join(lines[:-1] + [glued]) \
-        + b'\n{"op_code": 7, "wor'
+    assert (
+        not before.ok
+        and backup.read_bytes() == b"\n".join(lines[:-1] + [glued]) + b'\n{"op_code": 7, "wor'
+    )
     assert path.read_bytes() == b"\n".join(lines) + b"\n"
     assert repair_journal(path) == (check_journal(path), None)  # nothing left to do
 
@@ -165,8 +172,10 @@ def test_a_stale_journal_lock_does_not_block_for_long(surrogate_study, monkeypat
     assert not os.path.lexists(str(journal) + ".lock")
     assert elapsed < 3 + 20, elapsed
     with capsys.disabled():
-        print(f"\nFIGURE stale journal lock: grace 3 s; a search started on a stale lock "
-              f"finished 3 more trials in {elapsed:.1f} s")
+        print(
+            f"\nFIGURE stale journal lock: grace 3 s; a search started on a stale lock "
+            f"finished 3 more trials in {elapsed:.1f} s"
+        )
 
 
 # ------------------------------------------------------------------------------ settings, CLI

@@ -17,9 +17,9 @@ import uuid
 import optuna
 import pytest
 
-from search.runners.optuna_runner import run_study
-from search.storage import open_storage, resolve_storage_url
-from search.study_file import load_study_file
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.storage import open_storage, resolve_storage_url
+from effscale.search.study_file import load_study_file
 
 WORKERS, PER_WORKER = 8, 25
 POSTGRES_URL = os.environ.get("EFFSCALE_TEST_POSTGRES_URL")
@@ -28,10 +28,17 @@ POSTGRES_URL = os.environ.get("EFFSCALE_TEST_POSTGRES_URL")
 def _storages():
     yield pytest.param("sqlite", None, id="sqlite-default")
     yield pytest.param("journal", "journal:///study.journal", id="journal")
-    yield pytest.param("postgresql", POSTGRES_URL, id="postgresql", marks=pytest.mark.skipif(
-        not POSTGRES_URL, reason="EFFSCALE_TEST_POSTGRES_URL is not set: no PostgreSQL server "
-        "to test against (.ci/run starts one; locally: apt-get install -y postgresql, start it, "
-        "create a user and a database, export the URL)"))
+    yield pytest.param(
+        "postgresql",
+        POSTGRES_URL,
+        id="postgresql",
+        marks=pytest.mark.skipif(
+            not POSTGRES_URL,
+            reason="EFFSCALE_TEST_POSTGRES_URL is not set: no PostgreSQL server "
+            "to test against (.ci/run starts one; locally: apt-get install -y postgresql, start it, "
+            "create a user and a database, export the URL)",
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -61,12 +68,14 @@ def test_eight_workers_record_every_trial_once(surrogate_study, capsys, kind, ur
         ends = [t.datetime_complete for t in trials]
         trial_phase = (max(ends) - min(starts)).total_seconds()
         with capsys.disabled():
-            print(f"\nFIGURE parallel {kind}: {WORKERS} workers x {PER_WORKER} trials: "
-                  f"{len(trials)}/{total} recorded, {duplicates} duplicates, {repeated_params} "
-                  f"repeated params, {len(errors)} errors, {states.count('FAIL')} failed, "
-                  f"{states.count('RUNNING')} left running, {len(workers)} worker processes; "
-                  f"wall {wall:.1f} s (process start-up included), first trial start to last "
-                  f"trial end {trial_phase:.1f} s")
+            print(
+                f"\nFIGURE parallel {kind}: {WORKERS} workers x {PER_WORKER} trials: "
+                f"{len(trials)}/{total} recorded, {duplicates} duplicates, {repeated_params} "
+                f"repeated params, {len(errors)} errors, {states.count('FAIL')} failed, "
+                f"{states.count('RUNNING')} left running, {len(workers)} worker processes; "
+                f"wall {wall:.1f} s (process start-up included), first trial start to last "
+                f"trial end {trial_phase:.1f} s"
+            )
         assert len(trials) == total and sorted(numbers) == list(range(total))
         assert duplicates == 0 and repeated_params == 0 and errors == []
         assert set(states) <= {"COMPLETE", "PRUNED"}

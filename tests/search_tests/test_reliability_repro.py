@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import pytest
 
-from search.runners.optuna_runner import run_study
-from search.study_file import load_study_file
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.study_file import load_study_file
 from tests.search_tests.test_runner import load
 
 
 def _sequence(path, storage):
-    return [(t.number, t.state.name, t.params, t.user_attrs.get("gamma"), t.values)
-            for t in load(path, storage).trials]
+    return [
+        (t.number, t.state.name, t.params, t.user_attrs.get("gamma"), t.values)
+        for t in load(path, storage).trials
+    ]
 
 
-@pytest.mark.parametrize("sampler, storages", [
-    ("tpe", ("sqlite:///first.db", "journal:///second.journal")),
-    ("random", ("journal:///first.journal", "journal:///second.journal")),
-    ("gp", ("journal:///first.journal", "journal:///second.journal")),
-])
-def test_same_file_and_seed_give_the_same_params_in_the_same_order(surrogate_study, sampler,
-                                                                   storages, capsys):
+@pytest.mark.parametrize(
+    "sampler, storages",
+    [
+        ("tpe", ("sqlite:///first.db", "journal:///second.journal")),
+        ("random", ("journal:///first.journal", "journal:///second.journal")),
+        ("gp", ("journal:///first.journal", "journal:///second.journal")),
+    ],
+)
+def test_same_file_and_seed_give_the_same_params_in_the_same_order(
+    surrogate_study, sampler, storages, capsys
+):
     changes = {"study.sampler": f'"{sampler}"', "study.n_trials": "12", "study.seed": "7"}
     first = surrogate_study(changes, name="first.toml")
     second = surrogate_study(changes, name="second.toml")
@@ -38,9 +44,11 @@ def test_same_file_and_seed_give_the_same_params_in_the_same_order(surrogate_stu
     run_study(load_study_file(other), storage="journal:///other.journal", quiet=True)
     assert [t[2] for t in _sequence(other, "journal:///other.journal")] != [t[2] for t in a]
     with capsys.disabled():
-        print(f"\nFIGURE reproducibility ({sampler}, seed 7, 1 worker): 12/12 params "
-              f"identical in order on {storages[0].split(':')[0]} and "
-              f"{storages[1].split(':')[0]}; seed 8 differs")
+        print(
+            f"\nFIGURE reproducibility ({sampler}, seed 7, 1 worker): 12/12 params "
+            f"identical in order on {storages[0].split(':')[0]} and "
+            f"{storages[1].split(':')[0]}; seed 8 differs"
+        )
 
 
 def test_a_resumed_run_does_not_repeat_the_first_runs_points(surrogate_study):

@@ -25,9 +25,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-import search.storage
-from search.cli import main
-from search.storage import (
+import effscale.search.storage.liveness
+from effscale.search.cli import main
+from effscale.search.storage import (
     HEARTBEAT_ATTR,
     WORKER_ATTR,
     HeartbeatSettings,
@@ -37,7 +37,7 @@ from search.storage import (
     sweep_stale_trials,
     worker_identity,
 )
-from search.study_file import load_study_file
+from effscale.search.study_file import load_study_file
 
 REPO = Path(__file__).resolve().parents[2]
 BEAT = HeartbeatSettings(interval=1, grace=3)
@@ -45,13 +45,13 @@ DELAY_S = 1.0  # per surrogate evaluation in the killed search
 #: a subprocess: effscale search with a surrogate that sleeps ``argv[1]`` seconds per evaluation
 DRIVER = textwrap.dedent("""
     import sys, time
-    import search.objective as objective
+    import effscale.search.objective as objective
     original = objective.surrogate_accuracy
     def slow(*args, **kwargs):
         time.sleep(float(sys.argv[1]))
         return original(*args, **kwargs)
     objective.surrogate_accuracy = slow
-    from search.cli import main
+    from effscale.search.cli import main
     raise SystemExit(main(sys.argv[2:]))
 """)
 URLS = {"sqlite": "sqlite:///study.db", "journal": "journal:///study.journal"}
@@ -64,9 +64,10 @@ def _load(path: Path, url: str, heartbeat: bool = False):
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=d.study.name,
-                                 storage=open_storage(location, heartbeat=BEAT if heartbeat
-                                                      else False))
+        return optuna.load_study(
+            study_name=d.study.name,
+            storage=open_storage(location, heartbeat=BEAT if heartbeat else False),
+        )
     except KeyError:
         return None
 
@@ -84,8 +85,10 @@ def _wait(predicate, timeout: float, what: str, poll: float = 0.2):
 def _heartbeat_env(monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("EFFSCALE_HEARTBEAT_INTERVAL", str(BEAT.interval))
     monkeypatch.setenv("EFFSCALE_GRACE_PERIOD", str(BEAT.grace))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
 
 
 def _kill_mid_trial(path: Path, url: str, env: dict[str, str], log: Path):
@@ -93,9 +96,24 @@ def _kill_mid_trial(path: Path, url: str, env: dict[str, str], log: Path):
     the study as the kill left it."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, str(DELAY_S), "search", str(path), "--quiet",
-             "--storage", url], cwd=path.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-c",
+                DRIVER,
+                str(DELAY_S),
+                "search",
+                str(path),
+                "--quiet",
+                "--storage",
+                url,
+            ],
+            cwd=path.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def mid_trial():
             if process.poll() is not None:
                 raise AssertionError(f"the search ended before the kill:\n{log.read_text()}")
@@ -105,9 +123,13 @@ def _kill_mid_trial(path: Path, url: str, env: dict[str, str], log: Path):
             trials = study.get_trials(deepcopy=False)
             finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
             # feasible: inside the sleeping surrogate; young: it sleeps on after the kill
-            running = [t for t in trials if t.state.name == "RUNNING"
-                       and t.user_attrs.get("feasible") is True
-                       and time.time() - t.datetime_start.timestamp() < DELAY_S / 2]
+            running = [
+                t
+                for t in trials
+                if t.state.name == "RUNNING"
+                and t.user_attrs.get("feasible") is True
+                and time.time() - t.datetime_start.timestamp() < DELAY_S / 2
+            ]
             return len(finished) >= 3 and running
 
         _wait(mid_trial, 180, "3 finished trials and one running", poll=0.05)
@@ -119,8 +141,9 @@ def _kill_mid_trial(path: Path, url: str, env: dict[str, str], log: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, where", [("sqlite", "same host"), ("sqlite", "other host"),
-                                         ("journal", "other host")])
+@pytest.mark.parametrize(
+    "kind, where", [("sqlite", "same host"), ("sqlite", "other host"), ("journal", "other host")]
+)
 def test_a_killed_worker_loses_no_trial(surrogate_study, monkeypatch, capsys, kind, where):
     url = URLS[kind]
     path = surrogate_study({"study.n_trials": "8"})
@@ -133,10 +156,13 @@ def test_a_killed_worker_loses_no_trial(surrogate_study, monkeypatch, capsys, ki
     assert len(killed) == 1 and len(finished) >= 3
 
     if where == "other host":  # the dead process cannot be looked up: only the heartbeat tells
-        monkeypatch.setattr(search.storage, "_HOST", "another-host")
+        monkeypatch.setattr(effscale.search.storage.liveness, "_HOST", "another-host")
         waited = time.monotonic()
-        _wait(lambda: find_stale_trials(_load(path, url, heartbeat=True), BEAT), 30,
-              "the heartbeat to go stale")
+        _wait(
+            lambda: find_stale_trials(_load(path, url, heartbeat=True), BEAT),
+            30,
+            "the heartbeat to go stale",
+        )
         waited = time.monotonic() - waited
     else:
         waited = 0.0
@@ -159,11 +185,13 @@ def test_a_killed_worker_loses_no_trial(surrogate_study, monkeypatch, capsys, ki
     assert set(states) <= {"COMPLETE", "PRUNED", "FAIL"} and states.count("FAIL") == 1
     lost = len(finished) - sum(1 for n in finished if n in trials)
     with capsys.disabled():
-        print(f"\nFIGURE killed worker ({kind}, found via {where}): {len(finished)} trials "
-              f"finished before kill -9, trials lost = {lost}, killed trial #{dead.number} "
-              f"FAIL ({dead.user_attrs['error']}), retried as #{retries[0].number} "
-              f"({retries[0].state.name}); waited {waited:.1f} s for the grace period; "
-              f"{time.monotonic() - start:.1f} s in all")
+        print(
+            f"\nFIGURE killed worker ({kind}, found via {where}): {len(finished)} trials "
+            f"finished before kill -9, trials lost = {lost}, killed trial #{dead.number} "
+            f"FAIL ({dead.user_attrs['error']}), retried as #{retries[0].number} "
+            f"({retries[0].state.name}); waited {waited:.1f} s for the grace period; "
+            f"{time.monotonic() - start:.1f} s in all"
+        )
     assert lost == 0
 
 
@@ -208,8 +236,7 @@ def test_the_sweep_never_fails_a_live_trial_and_retries_once(tmp_path):
     assert sweep_stale_trials(study, BEAT, now=now) == []  # nothing twice
     trials = study.get_trials(deepcopy=False)
     waiting = [t for t in trials if t.state.name == "WAITING"]
-    assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted([dead.number,
-                                                                        stale.number])
+    assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted([dead.number, stale.number])
     for t in waiting:
         assert t.system_attrs["fixed_params"] == trials[t.user_attrs["retry_of"]].params
     # a retry that dies as well is failed but not retried again
@@ -222,7 +249,8 @@ def test_the_sweep_never_fails_a_live_trial_and_retries_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_worker_killed_inside_a_run_is_retried_by_the_others_in_the_same_run(
-        surrogate_study, monkeypatch, capsys):
+    surrogate_study, monkeypatch, capsys
+):
     """Two worker processes; one is killed mid-trial. The survivor's sweep (every heartbeat
     interval) fails the trial, retries it and takes its ticket back: the same run ends with the
     study full, and reports the dead worker (exit 1)."""
@@ -230,25 +258,47 @@ def test_a_worker_killed_inside_a_run_is_retried_by_the_others_in_the_same_run(
     path = surrogate_study({"study.n_trials": "8"})
     env = _heartbeat_env(monkeypatch)
     driver = path.parent / "driver.py"  # a file: spawned workers re-import it, patch included
-    driver.write_text(DRIVER.replace("raise SystemExit(main(sys.argv[2:]))",
-                                     "if __name__ == '__main__':\n"
-                                     "    raise SystemExit(main(sys.argv[2:]))"))
+    driver.write_text(
+        DRIVER.replace(
+            "raise SystemExit(main(sys.argv[2:]))",
+            "if __name__ == '__main__':\n    raise SystemExit(main(sys.argv[2:]))",
+        )
+    )
     log = path.parent / "search.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, str(driver), str(DELAY_S), "search", str(path), "--quiet",
-             "--workers", "2", "--storage", url], cwd=path.parent, env=env, stdout=out,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                str(driver),
+                str(DELAY_S),
+                "search",
+                str(path),
+                "--quiet",
+                "--workers",
+                "2",
+                "--storage",
+                url,
+            ],
+            cwd=path.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def victim():
             study = _load(path, url)
             if study is None:
                 return None
             trials = study.get_trials(deepcopy=False)
             finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-            running = [t for t in trials if t.state.name == "RUNNING"
-                       and t.user_attrs.get("feasible") is True
-                       and time.time() - t.datetime_start.timestamp() < DELAY_S / 2]
+            running = [
+                t
+                for t in trials
+                if t.state.name == "RUNNING"
+                and t.user_attrs.get("feasible") is True
+                and time.time() - t.datetime_start.timestamp() < DELAY_S / 2
+            ]
             return len(finished) >= 2 and running
 
         trial = _wait(victim, 180, "2 finished trials and one running", poll=0.05)[0]
@@ -267,6 +317,8 @@ def test_a_worker_killed_inside_a_run_is_retried_by_the_others_in_the_same_run(
     assert states.count("COMPLETE") + states.count("PRUNED") == 8, states
     assert "1 worker(s) exited with codes -9" in log.read_text()
     with capsys.disabled():
-        print(f"\nFIGURE worker killed inside a 2-worker run (journal): trial #{dead.number} "
-              f"FAIL ({dead.user_attrs['error']}), retried in the same run as "
-              f"#{retries[0].number}; the run ended with 8/8 finished, trials lost = 0")
+        print(
+            f"\nFIGURE worker killed inside a 2-worker run (journal): trial #{dead.number} "
+            f"FAIL ({dead.user_attrs['error']}), retried in the same run as "
+            f"#{retries[0].number}; the run ended with 8/8 finished, trials lost = 0"
+        )

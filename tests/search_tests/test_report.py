@@ -1,4 +1,4 @@
-"""``effscale report`` and :mod:`search.report`: the plots show exactly the trials of the study
+"""``effscale report`` and :mod:`effscale.search.report`: the plots show exactly the trials of the study
 (counts, extremes, the Pareto front, the colours), the Markdown report holds the numbers, and the
 output folder is written atomically and never escaped."""
 
@@ -10,21 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.cli import main
-from search.dashboard import open_existing_study
-from search.objective import trial_coordinates
-from search.report import (
-    PAPER,
-    code_fence,
-    plot_ap_vs_macs,
-    plot_coefficients,
-    proxy_macs,
-    render_markdown,
-    safe_child,
-    write_report,
-)
-from search.runners.optuna_runner import best_trial, pareto_front, run_study
-from search.study_file import load_study_file
+from effscale.search.cli import main
+from effscale.search.markdown import code_fence
+from effscale.search.output import MARKER, safe_child
+from effscale.search.plots import PAPER, plot_ap_vs_macs, plot_coefficients, proxy_macs
+from effscale.search.report import render_markdown, write_report
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.study_file import load_study_file
+from effscale.search.trials import best_trial, load_study, pareto_front, trial_coordinates
 from tests.search_tests.conftest import STUDIES, edit_study
 
 #: band mode with a wide tolerance: about a third of the random start is feasible
@@ -53,7 +46,7 @@ def finished(tmp_path_factory):
     definition = load_study_file(path)
     summary = run_study(definition, quiet=True)
     assert summary.n_complete + summary.n_pruned == 12 and summary.n_failed == 0
-    trials = open_existing_study(definition).get_trials(deepcopy=False)
+    trials = load_study(definition).get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     infeasible = [t for t in trials if t.user_attrs.get("feasible") is False]
     assert len(complete) >= 3 and len(infeasible) >= 3, "the fixture needs both kinds"
@@ -90,8 +83,9 @@ def test_ap_vs_macs_draws_every_trial_once(finished, tmp_path):
     np.testing.assert_allclose(points[:, 0], [t.values[1] / 1e9 for t in complete])
     np.testing.assert_allclose(points[:, 1], [t.values[0] for t in complete])
     (ticks,) = by_gid(data.figure, "infeasible")
-    np.testing.assert_allclose(ticks.get_offsets()[:, 0],
-                               [t.user_attrs["macs"] / 1e9 for t in infeasible])
+    np.testing.assert_allclose(
+        ticks.get_offsets()[:, 0], [t.user_attrs["macs"] / 1e9 for t in infeasible]
+    )
     (front,) = by_gid(data.figure, "front")
     assert len(front.get_offsets()) == len(data.front)
     xlow, xhigh = data.figure.axes[0].get_xlim()  # no tick is clipped away
@@ -118,10 +112,12 @@ def test_coefficient_maps_colour_each_trial_by_its_ap(finished, tmp_path):
     assert data.best == best_trial(trials).number and data.cells == ()
     panels = by_gid(data.figure, "feasible")
     assert len(panels) == 3  # α×β, α×γ, β×γ
-    np.testing.assert_allclose(panels[0].get_offsets(),
-                               [(t.params["alpha"], t.params["beta"]) for t in complete])
-    np.testing.assert_allclose(panels[2].get_offsets(),
-                               [(t.params["beta"], t.params["gamma"]) for t in complete])
+    np.testing.assert_allclose(
+        panels[0].get_offsets(), [(t.params["alpha"], t.params["beta"]) for t in complete]
+    )
+    np.testing.assert_allclose(
+        panels[2].get_offsets(), [(t.params["beta"], t.params["gamma"]) for t in complete]
+    )
     np.testing.assert_allclose(panels[1].get_array(), [t.values[0] for t in complete])
     (crosses, *_) = by_gid(data.figure, "infeasible")
     assert len(crosses.get_offsets()) == len(data.infeasible)
@@ -131,8 +127,12 @@ def test_report_command_writes_pngs_and_markdown(finished, tmp_path, capsys):
     definition, trials = finished
     out = tmp_path / "report"
     assert main(["report", str(definition.path), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ap_vs_macs.png", "coefficients.png",
-                                                    "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        MARKER,
+        "ap_vs_macs.png",
+        "coefficients.png",
+        "report.md",
+    ]
     for name in ("ap_vs_macs.png", "coefficients.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and min(image.size) > 300
@@ -143,20 +143,28 @@ def test_report_command_writes_pngs_and_markdown(finished, tmp_path, capsys):
     best = best_trial(trials)
     c = trial_coordinates(best)
     assert f"found (trial #{best.number})" in text
-    assert f"| α (depth) | {c['alpha']:.4f} | {PAPER['alpha']:.4f} | " \
-           f"{c['alpha'] / PAPER['alpha']:.4f} |" in text
+    assert (
+        f"| α (depth) | {c['alpha']:.4f} | {PAPER['alpha']:.4f} | "
+        f"{c['alpha'] / PAPER['alpha']:.4f} |" in text
+    )
     assert "| BiFPN width growth per φ | 1.3500 | 1.3500 | 1.0000 |" in text
     assert f"| #{best.number} | {c['alpha']:.4f} |" in text and f"{best.values[0]:.4f}" in text
-    for heading in ("## Best trials", "## Objective: AP (maximize)",
-                    "## Objective: MACs (minimize)", "### Pareto front (AP up, MACs down)",
-                    "## Study file"):
+    for heading in (
+        "## Best trials",
+        "## Objective: AP (maximize)",
+        "## Objective: MACs (minimize)",
+        "### Pareto front (AP up, MACs down)",
+        "## Study file",
+    ):
         assert heading in text
     front = text.split("### Pareto front")[1].split("##")[0]
     assert front.count("\n| #") == len(pareto_front(trials))
     assert definition.text.strip() in text
     complete = sum(t.state.name == "COMPLETE" for t in trials)
-    assert f"trials: 12 ({complete} complete, {12 - complete} pruned of which " \
-           f"{12 - complete} infeasible, 0 failed" in text
+    assert (
+        f"trials: 12 ({complete} complete, {12 - complete} pruned of which "
+        f"{12 - complete} infeasible, 0 failed" in text
+    )
 
 
 def test_report_out_is_atomic_and_refuses_non_empty(finished, tmp_path, capsys):
@@ -169,13 +177,23 @@ def test_report_out_is_atomic_and_refuses_non_empty(finished, tmp_path, capsys):
     assert err.count("\n") == 1 and "not empty" in err and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
-    written = write_report(definition, trials, out=out, overwrite=True)
-    assert sorted(p.name for p in written.files) == ["ap_vs_macs.png", "coefficients.png",
-                                                     "report.md"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+    # --overwrite replaces only a report of this study: never the user's folder (issue 15)
+    with pytest.raises(ValueError, match="holds no .effscale-output.json"):
+        write_report(definition, trials, out=out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    mine = tmp_path / "mine"
+    write_report(definition, trials, out=mine)
+    written = write_report(definition, trials, out=mine, overwrite=True)
+    assert sorted(p.name for p in written.files) == [
+        MARKER,
+        "ap_vs_macs.png",
+        "coefficients.png",
+        "report.md",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]  # no temporary folder
 
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(ValueError, match="is a file"):  # one output-folder rule for all
         write_report(definition, trials, out=tmp_path / "file")
 
 
@@ -192,16 +210,18 @@ def test_safe_child_keeps_paths_inside(tmp_path):
 
 
 def test_grid_study_draws_cells_with_the_best_ap(surrogate_study, tmp_path):
-    path = surrogate_study({
-        "study.sampler": '"grid"',
-        "study.n_trials": "9",
-        "study.storage": '"journal:///grid.journal"',
-        "space.alpha": "{low = 1.0, high = 1.4, step = 0.2}",
-        "space.beta": "{low = 1.0, high = 1.2, step = 0.1}",
-    })
+    path = surrogate_study(
+        {
+            "study.sampler": '"grid"',
+            "study.n_trials": "9",
+            "study.storage": '"journal:///grid.journal"',
+            "space.alpha": "{low = 1.0, high = 1.4, step = 0.2}",
+            "space.beta": "{low = 1.0, high = 1.2, step = 0.1}",
+        }
+    )
     definition = load_study_file(path)
     run_study(definition, quiet=True)
-    trials = open_existing_study(definition).get_trials(deepcopy=False)
+    trials = load_study(definition).get_trials(deepcopy=False)
     assert len(trials) == 9
     data = plot_coefficients(definition, trials, path=tmp_path / "grid.png")
     assert data.cells == (("alpha", "beta"),)  # gamma is derived (solve mode): points
@@ -229,14 +249,17 @@ def test_report_of_a_missing_study_names_the_fix(tmp_path, capsys):
     path = write_band_study(tmp_path)
     assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "effscale search band.toml" in err
+    assert err.count("\n") == 1 and f"effscale search {path}" in err  # pasted, it runs
     assert not (tmp_path / "band.db").exists() and not (tmp_path / "r").exists()
 
 
 def test_report_states_how_the_last_gpu_run_packed_trials(finished):
     definition, trials = finished
-    line = ("8 trials per GPU (auto): memory allows 41 (3.2 GiB each of 139.7 GiB), CPU cores "
-            "allow 15, cap 8")
-    assert f"- packing of the last GPU run: {line}" in render_markdown(definition, trials,
-                                                                       packing=line)
+    line = (
+        "8 trials per GPU (auto): memory allows 41 (3.2 GiB each of 139.7 GiB), CPU cores "
+        "allow 15, cap 8"
+    )
+    assert f"- packing of the last GPU run: {line}" in render_markdown(
+        definition, trials, packing=line
+    )
     assert "packing of the last GPU run" not in render_markdown(definition, trials)

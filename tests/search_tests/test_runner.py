@@ -11,12 +11,12 @@ import numpy as np
 import optuna
 import pytest
 
-import search.objective
-import search.storage
-from search.cli import main
-from search.runners.optuna_runner import run_study
-from search.study_file import load_study_file
-from search.surrogate import surrogate_accuracy
+import effscale.search.objective
+import effscale.search.storage
+from effscale.search.cli import main
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.study_file import load_study_file
+from effscale.search.surrogate import surrogate_accuracy
 from tests.search_tests.test_surrogate import OTHER, scipy_optimum
 
 JOURNAL = "journal:///study.journal"
@@ -24,8 +24,9 @@ JOURNAL = "journal:///study.journal"
 
 def load(path, storage: str = JOURNAL):
     d = load_study_file(path)
-    storage_obj = search.storage.open_storage(
-        search.storage.resolve_storage_url(storage, base_dir=d.folder))
+    storage_obj = effscale.search.storage.open_storage(
+        effscale.search.storage.resolve_storage_url(storage, base_dir=d.folder)
+    )
     return optuna.load_study(study_name=d.study.name, storage=storage_obj)
 
 
@@ -47,11 +48,13 @@ def test_tpe_finds_the_shipped_optimum(surrogate_study):
 
 
 def test_tpe_finds_a_moved_optimum(surrogate_study):
-    path = surrogate_study({
-        "objective.surrogate.A": str(OTHER.A),
-        "objective.surrogate.c": "{depth = 0.1104, width = 0.1082, resolution = 0.1321}",
-        "objective.surrogate.p": "{depth = 1.5, width = 2.0, resolution = 2.0}",
-    })
+    path = surrogate_study(
+        {
+            "objective.surrogate.A": str(OTHER.A),
+            "objective.surrogate.c": "{depth = 0.1104, width = 0.1082, resolution = 0.1321}",
+            "objective.surrogate.p": "{depth = 1.5, width = 2.0, resolution = 2.0}",
+        }
+    )
     d = load_study_file(path)
     assert d.objective.surrogate == OTHER
     run_study(d, storage=JOURNAL, quiet=True)
@@ -62,9 +65,13 @@ def test_tpe_finds_a_moved_optimum(surrogate_study):
 
 
 def test_grid_hits_the_best_grid_point_exactly(surrogate_study):
-    path = surrogate_study({"study.sampler": '"grid"',
-                            "space.alpha": "{low = 1.0, high = 1.5, step = 0.05}",
-                            "space.beta": "{low = 1.0, high = 1.3, step = 0.05}"})
+    path = surrogate_study(
+        {
+            "study.sampler": '"grid"',
+            "space.alpha": "{low = 1.0, high = 1.5, step = 0.05}",
+            "space.beta": "{low = 1.0, high = 1.3, step = 0.05}",
+        }
+    )
     text = path.read_text().replace("n_trials = 60\n", "")
     path.write_text(text)
     d = load_study_file(path)
@@ -89,17 +96,22 @@ def test_grid_hits_the_best_grid_point_exactly(surrogate_study):
 
 def test_band_mode_never_evaluates_infeasible_points(surrogate_study):
     calls = []
-    path = surrogate_study({"constraint.mode": '"band"', "study.n_trials": "30",
-                            "space.gamma": "{low = 1.0, high = 1.6}"})
+    path = surrogate_study(
+        {
+            "constraint.mode": '"band"',
+            "study.n_trials": "30",
+            "space.gamma": "{low = 1.0, high = 1.6}",
+        }
+    )
     d = load_study_file(path)
-    original = search.objective.surrogate_accuracy
+    original = effscale.search.objective.surrogate_accuracy
 
     def counting(constants, **kw):  # records each evaluation; the value is the real one
         calls.append(kw)
         return original(constants, **kw)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search.objective, "surrogate_accuracy", counting)
+        patch.setattr(effscale.search.objective, "surrogate_accuracy", counting)
         run_study(d, storage=JOURNAL, quiet=True)
     trials = load(path).trials
     infeasible = [t for t in trials if t.state.name == "PRUNED"]
@@ -121,7 +133,7 @@ def test_band_mode_never_evaluates_infeasible_points(surrogate_study):
 def test_a_failing_trial_is_recorded_and_a_rerun_completes_the_study(surrogate_study):
     path = surrogate_study({"study.n_trials": "6"})
     d = load_study_file(path)
-    original = search.objective.surrogate_accuracy
+    original = effscale.search.objective.surrogate_accuracy
     calls = []
 
     def failing_once(constants, **kw):  # fault injection: the second evaluation raises
@@ -131,7 +143,7 @@ def test_a_failing_trial_is_recorded_and_a_rerun_completes_the_study(surrogate_s
         return original(constants, **kw)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search.objective, "surrogate_accuracy", failing_once)
+        patch.setattr(effscale.search.objective, "surrogate_accuracy", failing_once)
         first = run_study(d, storage=JOURNAL, quiet=True)
     assert (first.started, first.n_failed, first.n_complete + first.n_pruned) == (6, 1, 5)
     failed = [t for t in load(path).trials if t.state.name == "FAIL"]
@@ -196,9 +208,14 @@ def test_a_changed_search_definition_is_not_resumed(surrogate_study):
 
 
 def test_two_objectives_give_a_pareto_front(surrogate_study, capsys):
-    path = surrogate_study({"study.objectives": '["ap", "macs"]', "study.n_trials": "24",
-                            "constraint.mode": '"band"',
-                            "space.gamma": "{low = 1.0, high = 1.6}"})
+    path = surrogate_study(
+        {
+            "study.objectives": '["ap", "macs"]',
+            "study.n_trials": "24",
+            "constraint.mode": '"band"',
+            "space.gamma": "{low = 1.0, high = 1.6}",
+        }
+    )
     assert main(["search", str(path), "--quiet", "--storage", JOURNAL]) == 0
     capsys.readouterr()
     assert main(["status", str(path), "--storage", JOURNAL, "--format", "json"]) == 0
@@ -209,8 +226,12 @@ def test_two_objectives_give_a_pareto_front(surrogate_study, capsys):
     front = set(document["pareto"])
     assert front
     for t in complete:  # brute force: front members are exactly the non-dominated ones
-        dominated = any(o["values"][0] >= t["values"][0] and o["values"][1] <= t["values"][1]
-                        and o["values"] != t["values"] for o in complete)
+        dominated = any(
+            o["values"][0] >= t["values"][0]
+            and o["values"][1] <= t["values"][1]
+            and o["values"] != t["values"]
+            for o in complete
+        )
         assert (t["number"] in front) == (not dominated)
 
 
@@ -230,9 +251,14 @@ def test_four_workers_share_one_sqlite_storage_exactly(surrogate_study):
 
 @pytest.mark.slow
 def test_grid_with_two_workers_runs_each_point_once(surrogate_study):
-    path = surrogate_study({"study.sampler": '"grid"', "study.n_trials": "16",
-                            "space.alpha": "{low = 1.0, high = 1.3, step = 0.1}",
-                            "space.beta": "[1.0, 1.05, 1.1, 1.15]"})
+    path = surrogate_study(
+        {
+            "study.sampler": '"grid"',
+            "study.n_trials": "16",
+            "space.alpha": "{low = 1.0, high = 1.3, step = 0.1}",
+            "space.beta": "[1.0, 1.05, 1.1, 1.15]",
+        }
+    )
     summary = run_study(load_study_file(path), workers=2, storage=JOURNAL, quiet=True)
     assert summary.started == 16
     trials = load(path).trials
@@ -242,12 +268,19 @@ def test_grid_with_two_workers_runs_each_point_once(surrogate_study):
     assert run_study(load_study_file(path), workers=2, storage=JOURNAL, quiet=True).started == 0
 
 
-@pytest.mark.parametrize("sampler, objectives", [("gp", '["ap"]'), ("random", '["ap"]'),
-                                                 ("nsga2", '["ap", "macs"]'),
-                                                 ("tpe", '["ap", "macs"]')])
+@pytest.mark.parametrize(
+    "sampler, objectives",
+    [
+        ("gp", '["ap"]'),
+        ("random", '["ap"]'),
+        ("nsga2", '["ap", "macs"]'),
+        ("tpe", '["ap", "macs"]'),
+    ],
+)
 def test_every_sampler_runs_and_sees_the_constraint(surrogate_study, sampler, objectives):
-    path = surrogate_study({"study.sampler": f'"{sampler}"', "study.objectives": objectives,
-                            "study.n_trials": "14"})
+    path = surrogate_study(
+        {"study.sampler": f'"{sampler}"', "study.objectives": objectives, "study.n_trials": "14"}
+    )
     summary = run_study(load_study_file(path), storage=JOURNAL, quiet=True)
     assert (summary.started, summary.n_failed) == (14, 0)
     for trial in load(path).trials:
@@ -256,7 +289,6 @@ def test_every_sampler_runs_and_sees_the_constraint(surrogate_study, sampler, ob
 
 
 def test_measured_solve_scores_the_effective_multipliers(surrogate_study):
-    pytest.importorskip("detector.complexity", reason="measured cost needs detector.complexity")
     path = surrogate_study({"constraint.kind": '"measured"', "study.n_trials": "10"})
     d = load_study_file(path)
     run_study(d, storage=JOURNAL, quiet=True)
@@ -267,10 +299,12 @@ def test_measured_solve_scores_the_effective_multipliers(surrogate_study):
         a = t.user_attrs
         assert 1.9 <= a["cost_ratio"] <= 2.1 and a["resolution"] % 32 == 0
         # the proxy is 0.6944 deep, 0.8264 wide and 384 px (D0 at phi = -2)
-        expected = surrogate_accuracy(d.objective.surrogate,
-                                      depth=a["depth_multiplier"] / 0.6944,
-                                      width=a["width_multiplier"] / 0.8264,
-                                      resolution=a["resolution"] / 384)
+        expected = surrogate_accuracy(
+            d.objective.surrogate,
+            depth=a["depth_multiplier"] / 0.6944,
+            width=a["width_multiplier"] / 0.8264,
+            resolution=a["resolution"] / 384,
+        )
         assert t.value == pytest.approx(expected, abs=1e-12)
     for t in trials:
         if t.state.name == "PRUNED":
@@ -279,17 +313,18 @@ def test_measured_solve_scores_the_effective_multipliers(surrogate_study):
 
 @pytest.mark.parametrize("runner", ["optuna", "ray"])
 def test_both_runners_refuse_a_target_beyond_the_grid(runner):
-    from search.runners import optuna_runner, ray_runner
-    from search.study_file import load_study_file
+    from effscale.search.runners import optuna_runner, ray_driver
+    from effscale.search.runners.common import target_trials
+    from effscale.search.study_file import load_study_file
     from tests.search_tests.conftest import STUDIES
 
     d = load_study_file(STUDIES / "efficientnet_compound.toml")  # 30 grid points
-    run = optuna_runner.run_study if runner == "optuna" else ray_runner.run_study
-    with pytest.raises(ValueError, match="--n-trials: 31 exceeds the 30 grid points"):
+    run = optuna_runner.run_study if runner == "optuna" else ray_driver.run_study
+    with pytest.raises(ValueError, match="n_trials: 31 exceeds the 30 grid points"):
         run(d, n_trials=31, quiet=True)
-    with pytest.raises(ValueError, match="--n-trials: must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="n_trials: must be >= 1, got 0"):
         run(d, n_trials=0, quiet=True)
-    assert optuna_runner.target_trials(d, None) == 30
+    assert target_trials(d, None) == 30
 
 
 def test_a_failed_grid_point_is_queued_again_only_into_a_free_slot(surrogate_study):
@@ -298,21 +333,40 @@ def test_a_failed_grid_point_is_queued_again_only_into_a_free_slot(surrogate_stu
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from search.runners.optuna_runner import remaining_trials
+    from effscale.search.runners.common import remaining_trials
 
-    definition = load_study_file(surrogate_study({
-        "study.sampler": '"grid"', "space.alpha": "{low = 1.0, high = 1.5, step = 0.1}",
-        "space.beta": "[1.0, 1.1]", "study.n_trials": "6"}))
+    definition = load_study_file(
+        surrogate_study(
+            {
+                "study.sampler": '"grid"',
+                "space.alpha": "{low = 1.0, high = 1.5, step = 0.1}",
+                "space.beta": "[1.0, 1.1]",
+                "study.n_trials": "6",
+            }
+        )
+    )
     study = optuna.create_study()
     dist = {"alpha": FloatDistribution(1.0, 2.0)}
-    for alpha, state in [(1.0, TrialState.COMPLETE), (1.1, TrialState.COMPLETE),
-                         (1.2, TrialState.FAIL), (1.3, TrialState.FAIL)]:
-        study.add_trial(create_trial(params={"alpha": alpha}, distributions=dist, state=state,
-                                     value=0.5 if state == TrialState.COMPLETE else None))
+    for alpha, state in [
+        (1.0, TrialState.COMPLETE),
+        (1.1, TrialState.COMPLETE),
+        (1.2, TrialState.FAIL),
+        (1.3, TrialState.FAIL),
+    ]:
+        study.add_trial(
+            create_trial(
+                params={"alpha": alpha},
+                distributions=dist,
+                state=state,
+                value=0.5 if state == TrialState.COMPLETE else None,
+            )
+        )
 
     def waiting():
-        return [t.system_attrs["fixed_params"]["alpha"]
-                for t in study.get_trials(states=(TrialState.WAITING,))]
+        return [
+            t.system_attrs["fixed_params"]["alpha"]
+            for t in study.get_trials(states=(TrialState.WAITING,))
+        ]
 
     # target 4: two points done, one trial running elsewhere: one slot, one retry (1.2 first)
     assert remaining_trials(definition, study, 4, running=1) == 2
@@ -328,5 +382,7 @@ def test_a_failed_grid_point_is_queued_again_only_into_a_free_slot(surrogate_stu
     assert fresh.get_trials(states=(TrialState.WAITING,)) == []
     # nothing running and room for both: both failed points are queued
     assert remaining_trials(definition, fresh, 6) == 4
-    assert sorted(t.system_attrs["fixed_params"]["alpha"]
-                  for t in fresh.get_trials(states=(TrialState.WAITING,))) == [1.2, 1.3]
+    assert sorted(
+        t.system_attrs["fixed_params"]["alpha"]
+        for t in fresh.get_trials(states=(TrialState.WAITING,))
+    ) == [1.2, 1.3]

@@ -8,8 +8,9 @@ import math
 import optuna
 import pytest
 
-from search.objective import Objective, build_configs, proxy_dimensions
-from search.space import (
+from effscale.search.family import build_configs, proxy_dimensions
+from effscale.search.objective import Objective
+from effscale.search.space import (
     Choices,
     CostConstraint,
     Fixed,
@@ -20,7 +21,7 @@ from search.space import (
     solve_gamma,
     suggest,
 )
-from search.study_file import parse_study_text
+from effscale.search.study_file import parse_study_text
 from tests.search_tests.conftest import STUDIES, edit_study
 
 SPACE = SearchSpace(alpha=Range(1.0, 1.6), beta=Range(1.0, 1.4), gamma=Range(1.0, 1.6))
@@ -43,11 +44,13 @@ def test_solve_clamps_gamma_and_reports_the_miss():
 
 def test_band_mode_samples_gamma():
     band = CostConstraint(mode="band")
-    inside = suggest(optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1, "gamma": 1.15}),
-                     SPACE, band)
+    inside = suggest(
+        optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1, "gamma": 1.15}), SPACE, band
+    )
     assert inside.ratio == pytest.approx(1.920270) and inside.feasible
-    outside = suggest(optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1, "gamma": 1.3}),
-                      SPACE, band)
+    outside = suggest(
+        optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1, "gamma": 1.3}), SPACE, band
+    )
     assert outside.ratio == pytest.approx(2.45388) and not outside.feasible
     assert outside.violation == pytest.approx(2.45388 / 2 - 1 - 0.05, abs=1e-5)
     assert not outside.gamma_derived
@@ -65,13 +68,17 @@ def test_solve_gamma_on_a_step_function():
 
 
 def test_grid_search_space():
-    space = SearchSpace(alpha=Range(1.0, 1.2, step=0.1), beta=Choices((1.0, 1.1)),
-                        gamma=Range(1.0, 1.5), width_growth=Fixed(1.35),
-                        fusion=Choices(("fastattn", "sum")))
+    space = SearchSpace(
+        alpha=Range(1.0, 1.2, step=0.1),
+        beta=Choices((1.0, 1.1)),
+        gamma=Range(1.0, 1.5),
+        width_growth=Fixed(1.35),
+        fusion=Choices(("fastattn", "sum")),
+    )
     axes = grid_search_space(space, CostConstraint(mode="solve"))
     assert axes == {"alpha": [1.0, 1.1, 1.2], "beta": [1.0, 1.1], "fusion": ["fastattn", "sum"]}
     assert grid_size(axes) == 12
-    with pytest.raises(ValueError, match="space.gamma: sampler = \"grid\" needs a list"):
+    with pytest.raises(ValueError, match='space.gamma: sampler = "grid" needs a list'):
         grid_search_space(space, CostConstraint(mode="band"))
 
 
@@ -82,12 +89,26 @@ def test_proxy_is_fixed_and_phi1_grows_from_it():
     d = parse_study_text(SURROGATE, path="/tmp/s.toml")
     dims = proxy_dimensions(d.base)  # D0 at phi = -2 under the paper's rules
     assert (dims.width_multiplier, dims.depth_multiplier) == (0.8264, 0.6944)
-    assert (dims.resolution, dims.bifpn_channels, dims.bifpn_repeats, dims.head_repeats) == \
-        (384, 32, 1, 2)
-    a0, a1 = build_configs(d.base, suggest(optuna.trial.FixedTrial({"alpha": 1.0, "beta": 1.0}),
-                                           d.space, d.constraint).candidate(), num_classes=90)
-    b0, b1 = build_configs(d.base, suggest(optuna.trial.FixedTrial({"alpha": 1.3, "beta": 1.1}),
-                                           d.space, d.constraint).candidate(), num_classes=90)
+    assert (dims.resolution, dims.bifpn_channels, dims.bifpn_repeats, dims.head_repeats) == (
+        384,
+        32,
+        1,
+        2,
+    )
+    a0, a1 = build_configs(
+        d.base,
+        suggest(
+            optuna.trial.FixedTrial({"alpha": 1.0, "beta": 1.0}), d.space, d.constraint
+        ).candidate(),
+        num_classes=90,
+    )
+    b0, b1 = build_configs(
+        d.base,
+        suggest(
+            optuna.trial.FixedTrial({"alpha": 1.3, "beta": 1.1}), d.space, d.constraint
+        ).candidate(),
+        num_classes=90,
+    )
     assert a0 == b0 and a0.image_size == (384, 384) and a0.fpn.channels == 32
     assert b1.backbone.depth_multiplier == round(0.6944 * 1.3, 4)
     assert b1.backbone.width_multiplier == round(0.8264 * 1.1, 4)
@@ -95,12 +116,15 @@ def test_proxy_is_fixed_and_phi1_grows_from_it():
 
 
 def test_measured_solve_picks_the_nearest_legal_resolution():
-    pytest.importorskip("detector.complexity", reason="measured cost needs detector.complexity")
     text = edit_study(SURROGATE, {"constraint.kind": '"measured"'})
     d = parse_study_text(text, path="/tmp/s.toml")
     objective = Objective(d, num_classes=90)
-    point = suggest(optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1}), d.space, d.constraint,
-                    measured_ratio=objective.measured_ratio)
+    point = suggest(
+        optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1}),
+        d.space,
+        d.constraint,
+        measured_ratio=objective.measured_ratio,
+    )
     r0 = proxy_dimensions(d.base).resolution
     # every legal phi=1 resolution reachable with gamma in [1, 1.6]: 384, 416, ..., 608
     ratios = {}

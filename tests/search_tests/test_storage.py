@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from optuna.storages import JournalStorage, RDBStorage
 
-from search.storage import (
+from effscale.search.storage import (
     SQLITE_MAX_WORKERS,
     check_workers,
     default_storage_url,
@@ -30,12 +30,15 @@ def test_absolute_and_journal_and_server_urls(tmp_path):
     assert (server.kind, server.url, server.path) == ("rdb", "postgresql://user@db/effscale", None)
 
 
-@pytest.mark.parametrize("url, message", [
-    ("results.db", "is not a storage URL"),
-    ("redis://localhost", "unknown scheme 'redis'"),
-    ("sqlite://", "has no file path"),
-    ("sqlite:///:memory:", "cannot be shared by workers"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("results.db", "is not a storage URL"),
+        ("redis://localhost", "unknown scheme 'redis'"),
+        ("sqlite://", "has no file path"),
+        ("sqlite:///:memory:", "cannot be shared by workers"),
+    ],
+)
 def test_bad_urls(url, message, tmp_path):
     with pytest.raises(ValueError, match=f"study.storage: .*{message}"):
         resolve_storage_url(url, base_dir=tmp_path)
@@ -46,8 +49,7 @@ def test_open_storage_kinds(tmp_path):
     assert isinstance(sqlite, RDBStorage) and (tmp_path / "a.db").is_file()
     journal = open_storage(resolve_storage_url("journal:///sub/a.journal", base_dir=tmp_path))
     assert isinstance(journal, JournalStorage) and (tmp_path / "sub").is_dir()
-    beating = open_storage(resolve_storage_url("sqlite:///b.db", base_dir=tmp_path),
-                           heartbeat=True)
+    beating = open_storage(resolve_storage_url("sqlite:///b.db", base_dir=tmp_path), heartbeat=True)
     assert beating.heartbeat_interval == 60 and beating.grace_period == 180
     assert beating.get_heartbeat_stale_trial_callback() is not None
 
@@ -55,8 +57,11 @@ def test_open_storage_kinds(tmp_path):
 def test_sqlite_worker_limit(tmp_path):
     sqlite = resolve_storage_url("sqlite:///a.db", base_dir=tmp_path)
     check_workers(sqlite, SQLITE_MAX_WORKERS)
-    with pytest.raises(ValueError, match=r"--workers: SQLite is unreliable beyond 8 .* "
-                                         r"storage = \"journal:///a.journal\""):
+    with pytest.raises(
+        ValueError,
+        match=r"workers: SQLite is unreliable beyond 8 .* "
+        r"storage = \"journal:///a.journal\"",
+    ):
         check_workers(sqlite, SQLITE_MAX_WORKERS + 1)
     check_workers(resolve_storage_url("journal:///a.journal", base_dir=tmp_path), 32)
 
@@ -76,8 +81,11 @@ def test_a_schema_made_meanwhile_by_another_process_is_opened_not_fatal(tmp_path
         calls["n"] += 1
         if calls["n"] == 1:
             real(url, **kwargs)  # the other process wins the race and makes the schema
-            raise OperationalError("CREATE TABLE study_directions", (),
-                                   sqlite3.OperationalError("table study_directions already exists"))
+            raise OperationalError(
+                "CREATE TABLE study_directions",
+                (),
+                sqlite3.OperationalError("table study_directions already exists"),
+            )
         return real(url, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
-from search.space import Choices, Fixed, Range
-from search.study_file import StudyFileError, load_study_file, parse_study_text
+from effscale.search.cli import main
+from effscale.search.space import Choices, Fixed, Range
+from effscale.search.study_file import StudyFileError, load_study_file, parse_study_text
 from tests.search_tests.conftest import STUDIES, as_training, drop_section, edit_study
 
 SURROGATE = (STUDIES / "surrogate_compound.toml").read_text()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "surrogate_compound", "efficientnet_compound",
-                                  "bifpn_width"])
+@pytest.mark.parametrize(
+    "name", ["quickstart", "surrogate_compound", "efficientnet_compound", "bifpn_width"]
+)
 def test_shipped_studies_parse(name):
     d = load_study_file(STUDIES / f"{name}.toml")
     assert d.path == (STUDIES / f"{name}.toml").resolve()
@@ -44,8 +45,10 @@ def test_quickstart_trains_on_generated_data():
 
 def test_grid_studies():
     eff = load_study_file(STUDIES / "efficientnet_compound.toml")
-    assert eff.grid() == {"alpha": [1.0, 1.1, 1.2, 1.3, 1.4],
-                          "beta": [1.0, 1.05, 1.1, 1.15, 1.2, 1.25]}
+    assert eff.grid() == {
+        "alpha": [1.0, 1.1, 1.2, 1.3, 1.4],
+        "beta": [1.0, 1.05, 1.1, 1.15, 1.2, 1.25],
+    }
     assert eff.target_trials() == 30
     assert (eff.execution.gpus, eff.execution.trials_per_gpu) == ((0,), "auto")
     width = load_study_file(STUDIES / "bifpn_width.toml")
@@ -55,8 +58,10 @@ def test_grid_studies():
 
 
 def test_lists_become_choices_and_stepped_ranges_points():
-    text = edit_study(SURROGATE, {"space.alpha": "[1.1, 1.2]",
-                                  "space.beta": "{low = 1.0, high = 1.2, step = 0.1}"})
+    text = edit_study(
+        SURROGATE,
+        {"space.alpha": "[1.1, 1.2]", "space.beta": "{low = 1.0, high = 1.2, step = 0.1}"},
+    )
     d = parse_study_text(text, path="/tmp/s.toml")
     assert d.space.alpha == Choices((1.1, 1.2))
     assert d.space.beta.points() == (1.0, 1.1, 1.2)
@@ -70,27 +75,37 @@ def _error(text: str) -> str:
     return message
 
 
-@pytest.mark.parametrize("changes, key, fix", [
-    ({"space.alpha": "{low = 1.0, high = 1.6, hi = 2}"}, "space.alpha.hi",
-     "allowed keys are low, high, step"),
-    ({"study.n_trials": '"ten"'}, "study.n_trials", "write n_trials = 1"),
-    ({"space.alpha": "{low = 1.3, high = 1.2}"}, "space.alpha", "swap them"),
-    ({"space.alpha": "{low = 0.9, high = 1.2}"}, "space.alpha.low", "set it within [1, 4]"),
-    ({"space.beta": "0.95"}, "space.beta", "below 1 shrinks the model"),
-    ({"constraint.tolerance": "0"}, "constraint.tolerance", "tolerance = 0.05"),
-    ({"constraint.tolerance": "-0.1"}, "constraint.tolerance", "tolerance = 0.05"),
-    ({"constraint.target": "1.0"}, "constraint.target", "target = 2.0"),
-    ({"study.sampler": '"cmaes"'}, "study.sampler", "choose one of tpe, grid, gp, nsga2, random"),
-    ({"study.objectives": '["macs"]'}, "study.objectives", '["ap", "macs"]'),
-    ({"space.beta": "[]"}, "space.beta", "list at least one value"),
-    ({"space.gamma": "1.15"}, "space.gamma", "gamma = {low = 1.0, high = 2.0}"),
-    ({"space.fusion": '"max"'}, "space.fusion", "choose from fastattn, attn, sum"),
-    ({"base.phi_proxy": "-9"}, "base.phi_proxy", "such as -2"),
-    ({"base.resolution": "100"}, "base.resolution", "use 96"),
-    ({"base.backbone_width": "1.0"}, "base.backbone_width", "give either preset or the spec"),
-    ({"objective.epochs": "3"}, "objective.epochs", "allowed keys are kind, surrogate"),
-    ({"objective.surrogate.noise": "-1"}, "objective.surrogate.noise", "standard deviation"),
-])
+@pytest.mark.parametrize(
+    "changes, key, fix",
+    [
+        (
+            {"space.alpha": "{low = 1.0, high = 1.6, hi = 2}"},
+            "space.alpha.hi",
+            "allowed keys are low, high, step",
+        ),
+        ({"study.n_trials": '"ten"'}, "study.n_trials", "write n_trials = 1"),
+        ({"space.alpha": "{low = 1.3, high = 1.2}"}, "space.alpha", "swap them"),
+        ({"space.alpha": "{low = 0.9, high = 1.2}"}, "space.alpha.low", "set it within [1, 4]"),
+        ({"space.beta": "0.95"}, "space.beta", "below 1 shrinks the model"),
+        ({"constraint.tolerance": "0"}, "constraint.tolerance", "tolerance = 0.05"),
+        ({"constraint.tolerance": "-0.1"}, "constraint.tolerance", "tolerance = 0.05"),
+        ({"constraint.target": "1.0"}, "constraint.target", "target = 2.0"),
+        (
+            {"study.sampler": '"cmaes"'},
+            "study.sampler",
+            "choose one of tpe, grid, gp, nsga2, random",
+        ),
+        ({"study.objectives": '["macs"]'}, "study.objectives", '["ap", "macs"]'),
+        ({"space.beta": "[]"}, "space.beta", "list at least one value"),
+        ({"space.gamma": "1.15"}, "space.gamma", "gamma = {low = 1.0, high = 2.0}"),
+        ({"space.fusion": '"max"'}, "space.fusion", "choose from fastattn, attn, sum"),
+        ({"base.phi_proxy": "-9"}, "base.phi_proxy", "such as -2"),
+        ({"base.resolution": "100"}, "base.resolution", "use 96"),
+        ({"base.backbone_width": "1.0"}, "base.backbone_width", "give either preset or the spec"),
+        ({"objective.epochs": "3"}, "objective.epochs", "allowed keys are kind, surrogate"),
+        ({"objective.surrogate.noise": "-1"}, "objective.surrogate.noise", "standard deviation"),
+    ],
+)
 def test_one_line_errors_name_key_and_fix(changes, key, fix):
     message = _error(edit_study(SURROGATE, changes))
     assert f"bad.toml: {key}:" in message
@@ -99,16 +114,20 @@ def test_one_line_errors_name_key_and_fix(changes, key, fix):
 
 def test_unknown_section_and_wrong_type():
     assert "bad.toml: spaces: unknown key; allowed keys are study, base" in _error(
-        SURROGATE + "\n[spaces]\nalpha = 1.2\n")
+        SURROGATE + "\n[spaces]\nalpha = 1.2\n"
+    )
     assert "study.seed: must be an integer, got 1.5 (number)" in _error(
-        edit_study(SURROGATE, {"study.seed": "1.5"}))
+        edit_study(SURROGATE, {"study.seed": "1.5"})
+    )
 
 
 def test_missing_surrogate_constants_and_data():
     message = _error(drop_section(SURROGATE, "objective.surrogate"))
     assert "bad.toml: objective.surrogate: missing" in message
-    text = drop_section(edit_study(SURROGATE, {"objective.kind": '"train"'}),
-                        "objective.surrogate") + "\n[train]\nepochs = 1\n"
+    text = (
+        drop_section(edit_study(SURROGATE, {"objective.kind": '"train"'}), "objective.surrogate")
+        + "\n[train]\nepochs = 1\n"
+    )
     message = _error(text)
     assert "bad.toml: data: missing" in message and "[data] generate" in message
 
@@ -120,8 +139,9 @@ def test_training_needs_one_budget():
 
 
 def test_data_dir_must_exist(tmp_path):
-    with pytest.raises(StudyFileError,
-                       match=r"data\.dir: .*nope is not a folder; point it at a COCO folder"):
+    with pytest.raises(
+        StudyFileError, match=r"data\.dir: .*nope is not a folder; point it at a COCO folder"
+    ):
         parse_study_text(as_training(SURROGATE, 'dir = "nope"'), path=tmp_path / "s.toml")
 
 
@@ -132,23 +152,30 @@ def test_band_mode_with_gp_is_refused():
 
 def test_grid_needs_steps_and_at_most_its_points():
     assert 'space.alpha: sampler = "grid" needs a list or a range with step' in _error(
-        edit_study(SURROGATE, {"study.sampler": '"grid"'}))
-    text = edit_study(SURROGATE, {"study.sampler": '"grid"', "space.alpha": "[1.1, 1.2]",
-                                  "space.beta": "[1.0, 1.1]"})
+        edit_study(SURROGATE, {"study.sampler": '"grid"'})
+    )
+    text = edit_study(
+        SURROGATE,
+        {"study.sampler": '"grid"', "space.alpha": "[1.1, 1.2]", "space.beta": "[1.0, 1.1]"},
+    )
     assert "study.n_trials: 60 exceeds the 4 grid points" in _error(text)
 
 
 def test_multi_objective_cannot_prune():
     text = edit_study(SURROGATE, {"study.objectives": '["ap", "macs"]'})
     assert "pruner.kind: Optuna cannot prune multi-objective studies" in _error(
-        text + '\n[pruner]\nkind = "median"\n')
+        text + '\n[pruner]\nkind = "median"\n'
+    )
 
 
 def test_pruner_options_are_checked_per_kind():
-    assert "pruner.reduction_factor: unknown key; allowed keys are kind, n_startup_trials" in \
-        _error(SURROGATE + '\n[pruner]\nkind = "median"\nreduction_factor = 3\n')
-    d = parse_study_text(SURROGATE + '\n[pruner]\nkind = "hyperband"\nmax_resource = "auto"\n',
-                         path="/tmp/s.toml")
+    assert (
+        "pruner.reduction_factor: unknown key; allowed keys are kind, n_startup_trials"
+        in _error(SURROGATE + '\n[pruner]\nkind = "median"\nreduction_factor = 3\n')
+    )
+    d = parse_study_text(
+        SURROGATE + '\n[pruner]\nkind = "hyperband"\nmax_resource = "auto"\n', path="/tmp/s.toml"
+    )
     assert d.pruner.kwargs() == {"max_resource": "auto"}
 
 
@@ -173,44 +200,64 @@ def test_missing_file_is_an_error(tmp_path, capsys):
 
 def test_fingerprint_ignores_n_trials_but_not_space():
     fingerprint = lambda changes: parse_study_text(  # noqa: E731
-        edit_study(SURROGATE, changes), path="/tmp/s.toml").fingerprint()
+        edit_study(SURROGATE, changes), path="/tmp/s.toml"
+    ).fingerprint()
     assert fingerprint({}) == fingerprint({"study.n_trials": "80"})
     assert fingerprint({}) != fingerprint({"space.alpha": "{low = 1.0, high = 1.5}"})
 
 
 def test_relative_paths_start_at_the_study_file(tmp_path: Path):
     (tmp_path / "coco").mkdir()
-    text = edit_study(as_training(SURROGATE, 'dir = "coco"'),
-                      {"study.storage": '"journal:///runs/s.journal"'})
+    text = edit_study(
+        as_training(SURROGATE, 'dir = "coco"'), {"study.storage": '"journal:///runs/s.journal"'}
+    )
     d = parse_study_text(text, path=tmp_path / "s.toml")
     assert d.data.dir == (tmp_path / "coco").resolve()
     assert d.storage_url == "journal:///runs/s.journal"
 
 
 def test_train_speed_levers_parse_and_reach_the_trainer(tmp_path):
-    from search.objective import train_inputs
+    from effscale.search.objective import train_inputs
 
-    text = as_training(SURROGATE, train='steps = 5\ncache = "device"\ncuda_graph = false\n'
-                       'compile = "reduce-overhead"\nchannels_last = true\ncheck_every = 7')
+    text = as_training(
+        SURROGATE,
+        train='steps = 5\ncache = "device"\ncuda_graph = false\n'
+        'compile = "reduce-overhead"\nchannels_last = true\ncheck_every = 7',
+    )
     d = parse_study_text(text, path="/tmp/s.toml")
-    assert (d.train.cache, d.train.cuda_graph, d.train.compile, d.train.channels_last,
-            d.train.fused_optimizer, d.train.check_every) == \
-        ("device", False, "reduce-overhead", True, "auto", 7)
+    assert (
+        d.train.cache,
+        d.train.cuda_graph,
+        d.train.compile,
+        d.train.channels_last,
+        d.train.fused_optimizer,
+        d.train.check_every,
+    ) == ("device", False, "reduce-overhead", True, "auto", 7)
     data, settings = train_inputs(d, d.data.__class__(dir=tmp_path))
     assert data.cache == "device"
     assert settings.step_options.to_dict() == {
-        "cuda_graph": False, "compile": "reduce-overhead", "channels_last": True,
-        "fused_optimizer": "auto", "check_every": 7}
+        "cuda_graph": False,
+        "compile": "reduce-overhead",
+        "channels_last": True,
+        "fused_optimizer": "auto",
+        "check_every": 7,
+    }
     defaults = parse_study_text(as_training(SURROGATE), path="/tmp/s.toml").train
     assert (defaults.cache, defaults.cuda_graph, defaults.check_every) == ("auto", "auto", "auto")
 
 
-@pytest.mark.parametrize("line, key", [
-    ('cache = "gpu"', "train.cache"), ('cuda_graph = "yes"', "train.cuda_graph"),
-    ("fused_optimizer = 1", "train.fused_optimizer"), ('compile = "fast"', "train.compile"),
-    ('channels_last = "auto"', "train.channels_last"), ("check_every = 0", "train.check_every"),
-    ('check_every = "often"', "train.check_every"),
-])
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ('cache = "gpu"', "train.cache"),
+        ('cuda_graph = "yes"', "train.cuda_graph"),
+        ("fused_optimizer = 1", "train.fused_optimizer"),
+        ('compile = "fast"', "train.compile"),
+        ('channels_last = "auto"', "train.channels_last"),
+        ("check_every = 0", "train.check_every"),
+        ('check_every = "often"', "train.check_every"),
+    ],
+)
 def test_bad_speed_lever_names_the_key(line, key):
     with pytest.raises(StudyFileError, match=key.replace(".", r"\.")):
         parse_study_text(as_training(SURROGATE, train=f"steps = 5\n{line}"), path="/tmp/s.toml")
@@ -218,15 +265,17 @@ def test_bad_speed_lever_names_the_key(line, key):
 
 def test_speed_levers_do_not_change_the_fingerprint():
     fingerprint = lambda train: parse_study_text(  # noqa: E731
-        as_training(SURROGATE, train=train), path="/tmp/s.toml").fingerprint()
+        as_training(SURROGATE, train=train), path="/tmp/s.toml"
+    ).fingerprint()
     plain = fingerprint("steps = 5")
     assert plain == fingerprint('steps = 5\ncuda_graph = false\ncache = "off"\ncheck_every = 3')
     assert plain != fingerprint("steps = 6")
 
 
 def test_study_file_choices_match_the_trainer():
-    from detector.train import DATA_CACHES
-    from detector.train_step import COMPILE_MODES
-    from search.study_file import CACHES, COMPILE_MODES as STUDY_COMPILE_MODES
+    from effscale.detector.train import DATA_CACHES
+    from effscale.detector.train_step import COMPILE_MODES
+    from effscale.search.definition import CACHES
+    from effscale.search.definition import COMPILE_MODES as STUDY_COMPILE_MODES
 
     assert CACHES == DATA_CACHES and STUDY_COMPILE_MODES == COMPILE_MODES

@@ -24,8 +24,8 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.cli import main
-from search.study_file import StudyFileError, parse_study_text
+from effscale.search.cli import main
+from effscale.search.study_file import StudyFileError, parse_study_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,8 +94,16 @@ def _kind(value: Any) -> str:
 
 
 #: values of every TOML type; a key is given one of a type it does not hold
-ALIENS = [dt.datetime(1979, 5, 27, 7, 32, tzinfo=dt.timezone.utc), True, "zz", ["zz"],
-          {"zz": 1}, 0.5, 7, -3]
+ALIENS = [
+    dt.datetime(1979, 5, 27, 7, 32, tzinfo=dt.timezone.utc),
+    True,
+    "zz",
+    ["zz"],
+    {"zz": 1},
+    0.5,
+    7,
+    -3,
+]
 
 
 KINDS = ("wrong type", "unknown key", "missing key", "bad value", "broken toml")
@@ -133,8 +141,19 @@ def mutated(draw, kind: str) -> tuple[str, str, str]:
     # broken TOML: a line that no TOML parser accepts, at a random line
     lines = tomli_w.dumps(data).splitlines()
     at = draw(st.integers(0, len(lines)))
-    garbage = draw(st.sampled_from(["= 1", "alpha = ", "[unclosed", "x = [1, 2",
-                                    'name = "no end', "a.b..c = 1", "key = 1 2"]))
+    garbage = draw(
+        st.sampled_from(
+            [
+                "= 1",
+                "alpha = ",
+                "[unclosed",
+                "x = [1, 2",
+                'name = "no end',
+                "a.b..c = 1",
+                "key = 1 2",
+            ]
+        )
+    )
     lines.insert(at, garbage)
     return "\n".join(lines) + "\n", "toml", kind
 
@@ -142,10 +161,13 @@ def mutated(draw, kind: str) -> tuple[str, str, str]:
 def _missing_candidates(data: dict) -> list[tuple[tuple[str, ...], str]]:
     objective = data.get("objective", {}).get("kind", "train")
     sampler = data["study"].get("sampler", "tpe")
-    found: list[tuple[tuple[str, ...], str]] = [(("space", "alpha"), "space.alpha"),
-                                                (("space", "beta"), "space.beta"),
-                                                (("base",), "base"), (("space",), "space"),
-                                                (("study",), "study")]
+    found: list[tuple[tuple[str, ...], str]] = [
+        (("space", "alpha"), "space.alpha"),
+        (("space", "beta"), "space.beta"),
+        (("base",), "base"),
+        (("space",), "space"),
+        (("study",), "study"),
+    ]
     if sampler != "grid" and "n_trials" in data["study"]:
         found.append((("study", "n_trials"), "study.n_trials"))
     if data.get("constraint", {}).get("mode", "solve") == "band":
@@ -156,10 +178,12 @@ def _missing_candidates(data: dict) -> list[tuple[tuple[str, ...], str]]:
             found.append((("space", axis, "low"), f"space.{axis}.low"))
             found.append((("space", axis, "high"), f"space.{axis}.high"))
     if objective == "surrogate":
-        found += [(("objective", "surrogate"), "objective.surrogate"),
-                  (("objective", "surrogate", "A"), "objective.surrogate.A"),
-                  (("objective", "surrogate", "c"), "objective.surrogate.c"),
-                  (("objective", "surrogate", "p", "width"), "objective.surrogate.p.width")]
+        found += [
+            (("objective", "surrogate"), "objective.surrogate"),
+            (("objective", "surrogate", "A"), "objective.surrogate.A"),
+            (("objective", "surrogate", "c"), "objective.surrogate.c"),
+            (("objective", "surrogate", "p", "width"), "objective.surrogate.p.width"),
+        ]
     else:
         found.append((("data",), "data"))
         budget = next(k for k in ("epochs", "steps", "seconds") if k in data["train"])
@@ -172,8 +196,11 @@ def _missing_candidates(data: dict) -> list[tuple[tuple[str, ...], str]]:
 def _bad_value(draw, data: dict) -> tuple[str, str, str]:
     below_one = draw(st.floats(-10, 0.999, allow_nan=False))
     choices: list[tuple[tuple[str, ...], Any, str]] = [
-        (("constraint", "tolerance"), draw(st.one_of(st.floats(-1, 0), st.floats(1, 100))),
-         "constraint.tolerance"),
+        (
+            ("constraint", "tolerance"),
+            draw(st.one_of(st.floats(-1, 0), st.floats(1, 100))),
+            "constraint.tolerance",
+        ),
         (("constraint", "target"), draw(st.floats(-5, 1)), "constraint.target"),
         (("space", "alpha"), below_one, "space.alpha"),
         (("space", "beta"), {"low": below_one, "high": 1.3}, "space.beta.low"),
@@ -181,35 +208,56 @@ def _bad_value(draw, data: dict) -> tuple[str, str, str]:
         (("space", "width_growth"), draw(st.floats(4.01, 1e6)), "space.width_growth"),
         (("study", "n_trials"), draw(st.integers(-5, 0)), "study.n_trials"),
         (("study", "seed"), draw(st.integers(-100, -1)), "study.seed"),
-        (("study", "sampler"), draw(st.sampled_from(["TPE", "cmaes", "", "grid "])),
-         "study.sampler"),
-        (("base", "phi_proxy"), draw(st.one_of(st.floats(11.01, 100), st.floats(-100, -8.01))),
-         "base.phi_proxy"),
-        (("base", "resolution"), draw(st.integers(33, 4000).filter(lambda r: r % 32)),
-         "base.resolution"),
+        (
+            ("study", "sampler"),
+            draw(st.sampled_from(["TPE", "cmaes", "", "grid "])),
+            "study.sampler",
+        ),
+        (
+            ("base", "phi_proxy"),
+            draw(st.one_of(st.floats(11.01, 100), st.floats(-100, -8.01))),
+            "base.phi_proxy",
+        ),
+        (
+            ("base", "resolution"),
+            draw(st.integers(33, 4000).filter(lambda r: r % 32)),
+            "base.resolution",
+        ),
         (("base", "preset"), draw(st.sampled_from(["d8", "D0", "b0"])), "base.preset"),
         (("space", "alpha"), [], "space.alpha"),
         (("space", "beta"), [1.1, 1.1], "space.beta"),
         (("execution", "workers"), draw(st.integers(-3, 0)), "execution.workers"),
         (("execution", "gpus"), [0, 0], "execution.gpus"),
-        (("study", "objectives"), draw(st.sampled_from([[], ["macs"], ["ap", "ap"]])),
-         "study.objectives"),
+        (
+            ("study", "objectives"),
+            draw(st.sampled_from([[], ["macs"], ["ap", "ap"]])),
+            "study.objectives",
+        ),
     ]
     objective = data.get("objective", {})
     if objective.get("kind") == "surrogate":
         choices += [
-            (("objective", "surrogate", "noise"), draw(st.floats(-1, -1e-9)),
-             "objective.surrogate.noise"),
-            (("objective", "surrogate", "c", "depth"), draw(st.floats(-1, 0)),
-             "objective.surrogate.c.depth"),
+            (
+                ("objective", "surrogate", "noise"),
+                draw(st.floats(-1, -1e-9)),
+                "objective.surrogate.noise",
+            ),
+            (
+                ("objective", "surrogate", "c", "depth"),
+                draw(st.floats(-1, 0)),
+                "objective.surrogate.c.depth",
+            ),
         ]
     else:
         choices += [
             (("train", "batch_size"), draw(st.integers(-4, 1)), "train.batch_size"),
             (("train", "lr"), draw(st.floats(-1, 0)), "train.lr"),
             (("train", "optimizer"), "lamb", "train.optimizer"),
-            (("data", "generate", "num_classes"), draw(st.integers(9, 50)),
-             "data.generate.num_classes"),
+            (
+                ("data", "generate", "num_classes"),
+                draw(st.integers(9, 50)),
+                "data.generate.num_classes",
+            ),
         ]
     path, value, key = draw(st.sampled_from(choices))
     _set(data, path, value)
@@ -234,8 +282,9 @@ def _check(case: tuple[str, str, str]) -> None:
         assert "Traceback" not in err, err
         pattern = rf"^effscale search: error: study\.toml: {re.escape(key)}(\b|\[|\.|:)"
         assert re.match(pattern, err), (key, err, text)
-        assert sorted(p.name for p in Path(folder).iterdir()) == ["study.toml"], \
+        assert sorted(p.name for p in Path(folder).iterdir()) == ["study.toml"], (
             "the storage (or the data cache) was touched"
+        )
 
 
 def _run_search(path: Path) -> str:
@@ -251,19 +300,28 @@ def _run_search(path: Path) -> str:
 
 
 def test_a_bad_study_file_gets_one_line_naming_the_key_and_no_storage(capsys):
-    assert {"quickstart.toml", "surrogate_compound.toml", "efficientnet_compound.toml",
-            "bifpn_width.toml"} <= set(SEEDS)
+    assert {
+        "quickstart.toml",
+        "surrogate_compound.toml",
+        "efficientnet_compound.toml",
+        "bifpn_width.toml",
+    } <= set(SEEDS)
     EXAMPLES.clear()
     start = time.perf_counter()
     for kind in KINDS:  # hypothesis, PER_KIND mutated study files of each kind
-        settings(max_examples=PER_KIND, deadline=None, database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])(
-            given(mutated(kind))(_check))()
+        settings(
+            max_examples=PER_KIND,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )(given(mutated(kind))(_check))()
     assert set(EXAMPLES) == set(KINDS) and sum(EXAMPLES.values()) >= 200, EXAMPLES
     with capsys.disabled():
-        print(f"\nFIGURE study-file fuzz: {sum(EXAMPLES.values())} mutated files from "
-              f"{len(SEEDS)} shipped studies ({dict(EXAMPLES)}): all exit 2 with one line "
-              f"naming the key, storage untouched; {time.perf_counter() - start:.1f} s")
+        print(
+            f"\nFIGURE study-file fuzz: {sum(EXAMPLES.values())} mutated files from "
+            f"{len(SEEDS)} shipped studies ({dict(EXAMPLES)}): all exit 2 with one line "
+            f"naming the key, storage untouched; {time.perf_counter() - start:.1f} s"
+        )
 
 
 def test_an_existing_storage_is_untouched_by_a_bad_file(surrogate_study, capsys):
@@ -285,6 +343,7 @@ def test_a_pruner_kind_of_the_wrong_type_is_one_line(surrogate_study, capsys, va
     path = surrogate_study(append=f"\n[pruner]\nkind = {value}\n")
     assert main(["search", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("effscale search: error: study.toml: pruner.kind: ") and \
-        err.count("\n") == 1, err
+    assert (
+        err.startswith("effscale search: error: study.toml: pruner.kind: ") and err.count("\n") == 1
+    ), err
     assert sorted(p.name for p in path.parent.iterdir()) == ["study.toml"]

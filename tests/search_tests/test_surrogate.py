@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from search.study_file import load_study_file
-from search.surrogate import SurrogateConstants, constrained_optimum, surrogate_accuracy
+from effscale.search.study_file import load_study_file
+from effscale.search.surrogate import SurrogateConstants, constrained_optimum, surrogate_accuracy
 from tests.search_tests.conftest import STUDIES
 
 SHIPPED = load_study_file(STUDIES / "surrogate_compound.toml").objective.surrogate
@@ -66,7 +66,9 @@ def test_other_constants_move_the_optimum():
 
 
 def test_constants_are_validated():
-    with pytest.raises(ValueError, match="objective.surrogate.c: needs depth, width and resolution"):
+    with pytest.raises(
+        ValueError, match="objective.surrogate.c: needs depth, width and resolution"
+    ):
         SurrogateConstants(A=0.5, c=(0.1, -0.1, 0.1), p=(1, 1, 1))
     with pytest.raises(ValueError, match="width multiplier must be > 0"):
         surrogate_accuracy(SHIPPED, depth=1.0, width=0.0, resolution=1.0)

@@ -9,39 +9,49 @@ from dataclasses import replace
 import optuna
 import pytest
 
-pytest.importorskip("detector.train", reason="the training objective needs detector.train")
-
-from detector.train import DivergedError, TrainResult  # noqa: E402
-from search.objective import Objective  # noqa: E402
-from search.runners.optuna_runner import prepare_data, run_study  # noqa: E402
-from search.study_file import load_study_file  # noqa: E402
-from tests.search_tests.conftest import as_training, edit_study  # noqa: E402
+from effscale.detector.train import DivergedError, TrainResult
+from effscale.search.data import prepare_data
+from effscale.search.objective import Objective
+from effscale.search.runners.optuna_runner import run_study
+from effscale.search.study_file import load_study_file
+from tests.search_tests.conftest import as_training, edit_study
 
 JOURNAL = "journal:///study.journal"
-TINY = {"base.phi_proxy": "-4", "base.resolution": "64", "base.num_classes": "6",
-        "study.n_trials": "2", "space.beta": "{low = 1.0, high = 1.2}"}
+TINY = {
+    "base.phi_proxy": "-4",
+    "base.resolution": "64",
+    "base.num_classes": "6",
+    "study.n_trials": "2",
+    "space.beta": "{low = 1.0, high = 1.2}",
+}
 
 
 def tiny_training_study(surrogate_study, changes: dict[str, str] | None = None):
     """D0 at phi = -4 and 64 px, trained for 2 steps of 4 images on 16 generated images."""
     path = surrogate_study()
-    text = as_training(path.read_text(), "generate = {train = 16, val = 8, image_size = 64}",
-                       'steps = 2\nbatch_size = 4\ndevice = "cpu"')
+    text = as_training(
+        path.read_text(),
+        "generate = {train = 16, val = 8, image_size = 64}",
+        'steps = 2\nbatch_size = 4\ndevice = "cpu"',
+    )
     path.write_text(edit_study(text, {**TINY, **(changes or {})}))
     return load_study_file(path)
 
 
 @pytest.mark.slow
 def test_a_real_tiny_search_trains_and_records_metrics(surrogate_study):
-    d = tiny_training_study(surrogate_study, {"study.sampler": '"grid"', "space.alpha": "1.2",
-                                              "space.beta": "[1.0, 1.1]"})
+    d = tiny_training_study(
+        surrogate_study,
+        {"study.sampler": '"grid"', "space.alpha": "1.2", "space.beta": "[1.0, 1.1]"},
+    )
     assert (d.train.steps, d.train.batch_size) == (2, 4)
     summary = run_study(d, storage=JOURNAL, quiet=True)
     assert (summary.started, summary.n_complete, summary.n_failed) == (2, 2, 0)
     cache = list((d.folder / ".effscale-cache").iterdir())
     assert len(cache) == 1 and (cache[0] / "train" / "instances.json").is_file()
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(d.folder / "study.journal")))
+        optuna.storages.journal.JournalFileBackend(str(d.folder / "study.journal"))
+    )
     for trial in optuna.load_study(study_name=d.study.name, storage=storage).trials:
         attrs = trial.user_attrs
         for name in ("ap", "ap50", "ap75", "aps", "apm", "apl"):
@@ -66,8 +76,9 @@ def _result(ap: float) -> TrainResult:
 
 
 def _optimize(d, objective, n_trials, pruner=None):
-    study = optuna.create_study(direction="maximize", pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=0))
+    study = optuna.create_study(
+        direction="maximize", pruner=pruner, sampler=optuna.samplers.TPESampler(seed=0)
+    )
     study.optimize(objective, n_trials=n_trials, catch=(Exception,))
     return study
 
@@ -103,8 +114,9 @@ def test_a_stalling_trial_is_pruned_from_its_epoch_reports(surrogate_study):
 
     calls: list[int] = []
     d = tiny_training_study(surrogate_study)
-    study = _optimize(d, _objective(d, stalling), 5,
-                      pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
+    study = _optimize(
+        d, _objective(d, stalling), 5, pruner=optuna.pruners.MedianPruner(n_startup_trials=3)
+    )
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["PRUNED"] * 2
     assert study.trials[3].user_attrs["pruned_at_epoch"] == 1
     assert study.trials[3].intermediate_values == {1: 0.01}
@@ -117,20 +129,24 @@ def test_infeasible_points_never_reach_the_trainer(surrogate_study):
         trained.append(config.image_size)
         return _result(0.1)
 
-    d = tiny_training_study(surrogate_study, {"constraint.mode": '"band"',
-                                              "space.gamma": "{low = 1.0, high = 1.6}"})
+    d = tiny_training_study(
+        surrogate_study, {"constraint.mode": '"band"', "space.gamma": "{low = 1.0, high = 1.6}"}
+    )
     study = _optimize(d, _objective(d, counting), 20)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned and len(trained) == len(complete)
-    assert all(t.constraints["cost_ratio"] > 0 and "infeasible_reason" in t.user_attrs
-               for t in pruned)
+    assert all(
+        t.constraints["cost_ratio"] > 0 and "infeasible_reason" in t.user_attrs for t in pruned
+    )
 
 
 def test_num_classes_must_match_the_data(surrogate_study):
     d = tiny_training_study(surrogate_study, {"base.num_classes": "90"})
-    with pytest.raises(ValueError, match="base.num_classes: 90, but the data has 6 classes; "
-                                         "drop num_classes or set it to 6"):
+    with pytest.raises(
+        ValueError,
+        match="base.num_classes: 90, but the data has 6 classes; drop num_classes or set it to 6",
+    ):
         run_study(d, storage=JOURNAL, quiet=True)
     assert not (d.folder / "study.journal").exists()
 

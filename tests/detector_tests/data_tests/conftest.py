@@ -26,13 +26,47 @@ IMAGES = [
 
 ANNOTATIONS = [
     # float xywh box on the grayscale image, category 7 -> label 1
-    {"id": 1, "image_id": 10, "category_id": 7, "bbox": [4.5, 2.25, 10.0, 5.5], "area": 55.0, "iscrowd": 0},
+    {
+        "id": 1,
+        "image_id": 10,
+        "category_id": 7,
+        "bbox": [4.5, 2.25, 10.0, 5.5],
+        "area": 55.0,
+        "iscrowd": 0,
+    },
     # crowd region: kept in the json for evaluation, never a training target
-    {"id": 2, "image_id": 10, "category_id": 3, "bbox": [0.0, 0.0, 20.0, 10.0], "area": 200.0, "iscrowd": 1},
+    {
+        "id": 2,
+        "image_id": 10,
+        "category_id": 3,
+        "bbox": [0.0, 0.0, 20.0, 10.0],
+        "area": 200.0,
+        "iscrowd": 1,
+    },
     # zero-width box: dropped
-    {"id": 3, "image_id": 10, "category_id": 12, "bbox": [30.0, 5.0, 0.0, 4.0], "area": 0.0, "iscrowd": 0},
-    {"id": 4, "image_id": 20, "category_id": 12, "bbox": [8.0, 16.0, 16.5, 8.0], "area": 132.0, "iscrowd": 0},
-    {"id": 5, "image_id": 20, "category_id": 3, "bbox": [0.0, 0.0, 8.0, 8.0], "area": 64.0},  # no iscrowd key
+    {
+        "id": 3,
+        "image_id": 10,
+        "category_id": 12,
+        "bbox": [30.0, 5.0, 0.0, 4.0],
+        "area": 0.0,
+        "iscrowd": 0,
+    },
+    {
+        "id": 4,
+        "image_id": 20,
+        "category_id": 12,
+        "bbox": [8.0, 16.0, 16.5, 8.0],
+        "area": 132.0,
+        "iscrowd": 0,
+    },
+    {
+        "id": 5,
+        "image_id": 20,
+        "category_id": 3,
+        "bbox": [0.0, 0.0, 8.0, 8.0],
+        "area": 64.0,
+    },  # no iscrowd key
 ]
 
 
@@ -45,7 +79,9 @@ def write_quirky_coco(root: Path) -> tuple[Path, Path]:
     rgb.save(images_dir / "sub" / "dir" / "rgb.jpg", quality=95)
     Image.new("RGBA", (16, 16), color=(10, 20, 30, 0)).save(images_dir / "empty.png")
     ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({"images": IMAGES, "annotations": ANNOTATIONS, "categories": CATEGORIES}))
+    ann_file.write_text(
+        json.dumps({"images": IMAGES, "annotations": ANNOTATIONS, "categories": CATEGORIES})
+    )
     return images_dir, ann_file
 
 

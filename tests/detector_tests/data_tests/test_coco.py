@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.data import CocoDetection, DataError, ResizePad, load_split, split_paths
+from effscale.detector.data import CocoDetection, DataError, ResizePad, load_split, split_paths
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -76,7 +76,9 @@ def test_resize_pad_exact_boxes_and_scale(quirky):
     assert bool((image[:, 32:, :] == 0).all())  # padding at the bottom
     torch.testing.assert_close(target["boxes"], torch.tensor([[7.2, 3.6, 23.2, 12.4]]))
     assert target["scale"] == pytest.approx(0.625)
-    torch.testing.assert_close(target["boxes"] * target["scale"], torch.tensor([[4.5, 2.25, 14.5, 7.75]]))
+    torch.testing.assert_close(
+        target["boxes"] * target["scale"], torch.tensor([[4.5, 2.25, 14.5, 7.75]])
+    )
     assert target["orig_size"] == (20, 40)
 
 
@@ -84,7 +86,9 @@ def test_resize_pad_non_square_canvas(quirky):
     ds = CocoDetection(*quirky, transform=ResizePad((32, 64)))
     image, target = ds[1]  # 32 x 48 (w x h) -> ratio min(32/48, 64/32) = 2/3 -> 21 x 32 content
     assert tuple(image.shape) == (3, 32, 64)
-    assert int(image[0, 16, 10]) > 180 and bool((image[:, :, 21:] == 0).all())  # padding at the right
+    assert int(image[0, 16, 10]) > 180 and bool(
+        (image[:, :, 21:] == 0).all()
+    )  # padding at the right
     expected = torch.tensor([[8.0, 16.0, 24.5, 24.0], [0.0, 0.0, 8.0, 8.0]]) * (2.0 / 3.0)
     torch.testing.assert_close(target["boxes"], expected)
     assert target["scale"] == pytest.approx(1.5)
@@ -107,7 +111,10 @@ def test_split_paths_and_load_split(tmp_path, quirky):
     (root / "train").mkdir(parents=True)
     os.symlink(images_dir, root / "train" / "images")
     (root / "train" / "instances.json").write_text(ann_file.read_text())
-    assert split_paths(root, "train") == (root / "train" / "images", root / "train" / "instances.json")
+    assert split_paths(root, "train") == (
+        root / "train" / "images",
+        root / "train" / "instances.json",
+    )
     assert len(load_split(root, "train", subset=1)) == 1
     with pytest.raises(DataError) as exc:
         split_paths(root, "val")

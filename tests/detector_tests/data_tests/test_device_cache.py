@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset
 
-from detector.data import (
+from effscale.detector.data import (
     IMAGENET_STD,
     CocoDetection,
     DataError,
@@ -26,7 +26,7 @@ from detector.data import (
     make_synthetic_coco,
     normalize,
 )
-from detector.data import device_cache as device_cache_module
+from effscale.detector.data import device_cache as device_cache_module
 from tests.detector_tests.host_reads import HostReadRecorder
 
 SIZE = (64, 96)
@@ -43,7 +43,9 @@ def synthetic_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cache(synthetic_dir) -> DeviceCache:
-    return DeviceCache.from_dataset(load_split(synthetic_dir, "train"), size=SIZE, device="cpu", batch_decode=4)
+    return DeviceCache.from_dataset(
+        load_split(synthetic_dir, "train"), size=SIZE, device="cpu", batch_decode=4
+    )
 
 
 def _normalized_value(rgb) -> torch.Tensor:
@@ -66,7 +68,11 @@ def _single(canvas: torch.Tensor, boxes, labels, content_hw):
 def _check_against_resizepad(cache: DeviceCache, dataset: CocoDetection, size) -> None:
     reference = CocoDetection(dataset.images_dir, dataset.ann_file, transform=ResizePad(size))
     batch = collate_detection([reference[i] for i in range(len(reference))])
-    assert cache.device == torch.device("cpu") and cache.size == size and cache.num_images == len(reference)
+    assert (
+        cache.device == torch.device("cpu")
+        and cache.size == size
+        and cache.num_images == len(reference)
+    )
     assert cache.images.dtype == torch.uint8 and torch.equal(cache.images, batch.images)
     assert cache.max_objects == batch.labels.shape[1] and cache.max_objects % 8 == 0
     assert cache.boxes.dtype == torch.float32 and torch.equal(cache.boxes, batch.boxes)
@@ -96,7 +102,9 @@ def test_cache_matches_resizepad_on_synthetic_split_and_subset(synthetic_dir, ca
     assert cache.content_hw.tolist() == [[64.0, 85.0]] * 6
     assert cache.nbytes == 6 * (3 * 64 * 96 + cache.max_objects * 24 + 8)
 
-    part = DeviceCache.from_dataset(Subset(dataset, [4, 1]), size=SIZE, device="cpu", quiet=True, num_workers=1)
+    part = DeviceCache.from_dataset(
+        Subset(dataset, [4, 1]), size=SIZE, device="cpu", quiet=True, num_workers=1
+    )
     assert torch.equal(part.images, cache.images[[4, 1]])
     count = part.max_objects
     assert torch.equal(part.labels, cache.labels[[4, 1], :count])
@@ -124,7 +132,9 @@ def test_identity_augment_samples_pixel_centres(cache):
     generator = torch.Generator().manual_seed(0)
     images, boxes, labels = cache.batch(indices, augment=augment, generator=generator)
     torch.testing.assert_close(images, normalize(cache.images), rtol=0.0, atol=1e-4)
-    assert int((cache.labels >= 0).sum()) > 6  # real objects, all at least 8 px: none may be dropped
+    assert (
+        int((cache.labels >= 0).sum()) > 6
+    )  # real objects, all at least 8 px: none may be dropped
     assert torch.equal(labels, cache.labels)
     torch.testing.assert_close(boxes, cache.boxes, rtol=0.0, atol=1e-5)
 
@@ -132,7 +142,9 @@ def test_identity_augment_samples_pixel_centres(cache):
 def test_flip_mirrors_content_and_boxes(cache):
     indices = torch.arange(cache.num_images)
     augment = DeviceAugment(scale_range=(1.0, 1.0), hflip_prob=1.0)
-    images, boxes, labels = cache.batch(indices, augment=augment, generator=torch.Generator().manual_seed(1))
+    images, boxes, labels = cache.batch(
+        indices, augment=augment, generator=torch.Generator().manual_seed(1)
+    )
     content_h, content_w = 64, 85
     expected = torch.zeros_like(cache.images)
     expected[..., :content_h, :content_w] = cache.images[..., :content_h, :content_w].flip(-1)
@@ -140,7 +152,9 @@ def test_flip_mirrors_content_and_boxes(cache):
     valid = cache.labels >= 0
     assert torch.equal(labels, cache.labels)
     src = cache.boxes
-    mirrored = torch.stack([content_w - src[..., 2], src[..., 1], content_w - src[..., 0], src[..., 3]], dim=-1)
+    mirrored = torch.stack(
+        [content_w - src[..., 2], src[..., 1], content_w - src[..., 0], src[..., 3]], dim=-1
+    )
     torch.testing.assert_close(boxes[valid], mirrored[valid], rtol=0.0, atol=1e-4)
     assert bool((boxes[~valid] == 0).all())
 
@@ -156,21 +170,32 @@ def test_scale_two_puts_the_object_where_the_box_says(flip):
     # scale 2: content 128 x 60; x0 = 0 (60 <= 64), y0 = 0.5 * (128 - 64) = 32; flip iff u1 < 0.5
     uniforms = torch.tensor([[0.3, 0.1 if flip else 0.9, 0.7, 0.5]])
     images, boxes, labels = augment_batch(
-        *batch, size=(64, 64), augment=DeviceAugment(scale_range=(2.0, 2.0), hflip_prob=0.5), uniforms=uniforms
+        *batch,
+        size=(64, 64),
+        augment=DeviceAugment(scale_range=(2.0, 2.0), hflip_prob=0.5),
+        uniforms=uniforms,
     )
     x1, x2 = (60 - 52, 60 - 20) if flip else (20, 52)
     assert boxes[0, 0].tolist() == [x1, 8, x2, 40] and labels[0].tolist() == [2] + [-1] * 7
     out = images[0]
     inside = out[:, 9:39, x1 + 1 : x2 - 1]
-    torch.testing.assert_close(inside, _normalized_value(colour).expand_as(inside), rtol=0.0, atol=1e-4)
+    torch.testing.assert_close(
+        inside, _normalized_value(colour).expand_as(inside), rtol=0.0, atol=1e-4
+    )
     around = torch.ones((64, 64), dtype=torch.bool)
     around[7:41, x1 - 1 : x2 + 1] = False
     around[:, 60:] = False
     background_px = out[:, around]
-    torch.testing.assert_close(background_px, _normalized_value(background).view(3, 1).expand_as(background_px),
-                               rtol=0.0, atol=1e-4)
+    torch.testing.assert_close(
+        background_px,
+        _normalized_value(background).view(3, 1).expand_as(background_px),
+        rtol=0.0,
+        atol=1e-4,
+    )
     # columns past the visible content (s * cw - x0 = 60) are the zero padding
-    torch.testing.assert_close(out[:, :, 60:], _normalized_value((0, 0, 0)).expand(3, 64, 4), rtol=0.0, atol=1e-4)
+    torch.testing.assert_close(
+        out[:, :, 60:], _normalized_value((0, 0, 0)).expand(3, 64, 4), rtol=0.0, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -179,10 +204,16 @@ def test_matches_train_transform_for_the_same_draw(seed, hflip_prob):
     # a textured 64 (h) x 48 (w) image is its own ResizePad canvas, so both paths resample it once
     pil = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 48, 3), dtype=np.uint8))
     boxes = [[10, 12, 30, 40], [0, 0, 48, 64], [38, 2, 46, 20], [30, 30, 34, 60], [1, 40, 30, 63]]
-    target = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.arange(5), "image_id": 1,
-              "scale": 1.0, "orig_size": (64, 48)}
-    expected, expected_target = TrainTransform((64, 48), scale_range=(2.0, 2.0), hflip_prob=hflip_prob, seed=seed)(
-        pil, dict(target))
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "labels": torch.arange(5),
+        "image_id": 1,
+        "scale": 1.0,
+        "orig_size": (64, 48),
+    }
+    expected, expected_target = TrainTransform(
+        (64, 48), scale_range=(2.0, 2.0), hflip_prob=hflip_prob, seed=seed
+    )(pil, dict(target))
     rng = random.Random(seed)  # TrainTransform's draw order: scale, flip, crop x, crop y
     rng.uniform(2.0, 2.0), rng.random()
     x0, y0 = rng.randint(0, 96 - 48), rng.randint(0, 128 - 64)
@@ -190,8 +221,10 @@ def test_matches_train_transform_for_the_same_draw(seed, hflip_prob):
     canvas, _ = ResizePad((64, 48))(pil, dict(target))
     uniforms = torch.tensor([[0.5, 0.0 if hflip_prob else 0.99, x0 / 48, y0 / 64]])
     images, out_boxes, out_labels = augment_batch(
-        *_single(canvas, boxes, list(range(5)), (64.0, 48.0)), size=(64, 48),
-        augment=DeviceAugment(scale_range=(2.0, 2.0), hflip_prob=0.5), uniforms=uniforms,
+        *_single(canvas, boxes, list(range(5)), (64.0, 48.0)),
+        size=(64, 48),
+        augment=DeviceAugment(scale_range=(2.0, 2.0), hflip_prob=0.5),
+        uniforms=uniforms,
     )
     # PIL resizes in two passes rounding to uint8 in between: at most 1 level apart
     levels = (images[0] - normalize(expected)).abs() / LEVEL
@@ -216,13 +249,23 @@ def test_drop_rule_matches_train_transform_exact_numbers():
     canvas = torch.full((3, 32, 32), 90, dtype=torch.uint8)
     uniforms = torch.tensor([[0.0, 0.9, 3 / 32, 5 / 32]])
     _, out_boxes, out_labels = augment_batch(
-        *_single(canvas, boxes, list(range(7)), (32.0, 32.0)), size=(32, 32),
-        augment=DeviceAugment(scale_range=(2.0, 2.0), hflip_prob=0.0), uniforms=uniforms,
+        *_single(canvas, boxes, list(range(7)), (32.0, 32.0)),
+        size=(32, 32),
+        augment=DeviceAugment(scale_range=(2.0, 2.0), hflip_prob=0.0),
+        uniforms=uniforms,
     )
     assert out_labels[0].tolist() == [0, -1, 2, -1, 4, -1, 6, -1]
     zero = [0, 0, 0, 0]
-    assert out_boxes[0].tolist() == [[0, 0, 32, 32], zero, [17, 15, 25, 19], zero, [21, 23, 32, 31], zero,
-                                     [25, 25, 30, 32], zero]
+    assert out_boxes[0].tolist() == [
+        [0, 0, 32, 32],
+        zero,
+        [17, 15, 25, 19],
+        zero,
+        [21, 23, 32, 31],
+        zero,
+        [25, 25, 30, 32],
+        zero,
+    ]
 
 
 # ---------------------------------------------------------------------------- randomness
@@ -255,8 +298,15 @@ def test_scale_and_flip_statistics(hflip_prob):
     labels[:, 0] = 1
     content_hw = torch.full((count, 2), 32.0)
     augment = DeviceAugment(scale_range=(0.8, 1.2), hflip_prob=hflip_prob)
-    _, out, out_labels = augment_batch(images, boxes, labels, content_hw, size=(64, 64), augment=augment,
-                                       generator=torch.Generator().manual_seed(3))
+    _, out, out_labels = augment_batch(
+        images,
+        boxes,
+        labels,
+        content_hw,
+        size=(64, 64),
+        augment=augment,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert bool((out_labels[:, 0] == 1).all())
     scale = out[:, 0, 3] / 32.0
     flipped = out[:, 0, 0] > 0
@@ -275,7 +325,10 @@ def test_batch_reads_no_value_back_and_makes_no_host_tensor(cache):
         images, boxes, labels = cache.batch(indices, augment=DeviceAugment(), generator=generator)
         plain = cache.batch(indices, augment=None)
     assert recorder.bad == []
-    assert tuple(boxes.shape) == (4, cache.max_objects, 4) and tuple(labels.shape) == (4, cache.max_objects)
+    assert tuple(boxes.shape) == (4, cache.max_objects, 4) and tuple(labels.shape) == (
+        4,
+        cache.max_objects,
+    )
     assert tuple(images.shape) == tuple(plain[0].shape) == (4, 3, *SIZE)
 
 
@@ -301,7 +354,10 @@ def test_dynamo_traces_without_graph_breaks(cache):
             assert all(torch.equal(a, b) for a, b in zip(eager, traced))
     uniforms = draw_augment_uniforms(3, device="cpu", generator=torch.Generator().manual_seed(4))
     eager = cache.batch(indices, augment=augment, uniforms=uniforms)
-    assert all(torch.equal(a, b) for a, b in zip(eager, compiled_batch(indices, augment=augment, uniforms=uniforms)))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(eager, compiled_batch(indices, augment=augment, uniforms=uniforms))
+    )
     assert all(torch.equal(a, b) for a, b in zip(cache.batch(indices), compiled_batch(indices)))
     torch._dynamo.reset()
 
@@ -312,7 +368,9 @@ def test_empty_or_wrong_dataset_is_a_data_error(synthetic_dir):
     with pytest.raises(DataError, match="no images"):
         DeviceCache.from_dataset(Subset(dataset, []), size=SIZE, device="cpu")
     with pytest.raises(DataError, match="CocoDetection"):
-        DeviceCache.from_dataset([(torch.zeros(3, 4, 4, dtype=torch.uint8), {})], size=SIZE, device="cpu")
+        DeviceCache.from_dataset(
+            [(torch.zeros(3, 4, 4, dtype=torch.uint8), {})], size=SIZE, device="cpu"
+        )
     with pytest.raises(DataError, match="batch_decode"):
         DeviceCache.from_dataset(dataset, size=SIZE, device="cpu", batch_decode=0)
     with pytest.raises(DataError, match="size"):
@@ -346,7 +404,13 @@ def test_bad_batch_inputs_are_data_errors(cache):
     with pytest.raises(DataError, match="labels"):
         augment_batch(args[0], args[1], args[2][:, :3], args[3], size=SIZE, augment=augment)
     with pytest.raises(DataError, match="generator and uniforms"):
-        augment_batch(*args, size=SIZE, augment=augment, generator=torch.Generator(), uniforms=torch.rand(2, 4))
+        augment_batch(
+            *args,
+            size=SIZE,
+            augment=augment,
+            generator=torch.Generator(),
+            uniforms=torch.rand(2, 4),
+        )
     with pytest.raises(DataError, match="num_images"):
         cache_nbytes(0, SIZE, 8)
     with pytest.raises(DataError, match="multiple of 8"):

@@ -7,16 +7,16 @@ import dataclasses
 import pytest
 import torch
 
-from detector.data import (
+from effscale.detector.data import (
     CocoDetection,
     DataError,
     DetectionBatch,
     ResizePad,
     TrainTransform,
     collate_detection,
+    load_split,
     make_loader,
     make_synthetic_coco,
-    load_split,
 )
 
 
@@ -43,10 +43,16 @@ def test_collate_pads_to_multiple_of_eight():
     assert float(batch.boxes[0, 3:].abs().sum()) == 0.0 and float(batch.boxes[1].abs().sum()) == 0.0
     assert batch.image_ids.dtype == torch.int64 and batch.image_ids.tolist() == [5, 6]
     assert batch.scales.dtype == torch.float32 and batch.scales.tolist() == [0.5, 1.25]
-    assert batch.orig_sizes.dtype == torch.int64 and batch.orig_sizes.tolist() == [[64, 96], [64, 96]]
+    assert batch.orig_sizes.dtype == torch.int64 and batch.orig_sizes.tolist() == [
+        [64, 96],
+        [64, 96],
+    ]
     assert batch.num_objects.tolist() == [3, 0]
     unpadded = batch.targets()
-    assert unpadded[0]["labels"].tolist() == [0, 1, 2] and tuple(unpadded[1]["boxes"].shape) == (0, 4)
+    assert unpadded[0]["labels"].tolist() == [0, 1, 2] and tuple(unpadded[1]["boxes"].shape) == (
+        0,
+        4,
+    )
 
 
 @pytest.mark.parametrize("count, padded", [(0, 8), (1, 8), (8, 8), (9, 16), (17, 24)])

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from search.cli import main
-from search.commands.make_data import parse_image_size
+from effscale.search.cli import main
+from effscale.search.commands.make_data import parse_image_size
 
 
 def test_make_data_writes_dataset_then_refuses_overwrite(tmp_path, capsys):
@@ -22,7 +22,22 @@ def test_make_data_writes_dataset_then_refuses_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "make-data: error:" in err[0] and "--overwrite" in err[0]
 
-    assert main(["make-data", str(out), "--train", "3", "--val", "1", "--image-size", "64x96", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "make-data",
+                str(out),
+                "--train",
+                "3",
+                "--val",
+                "1",
+                "--image-size",
+                "64x96",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     images = json.loads((out / "train" / "instances.json").read_text())["images"]
     assert len(images) == 3 and (images[0]["height"], images[0]["width"]) == (64, 96)
 

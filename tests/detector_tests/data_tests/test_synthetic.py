@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.data import (
+from effscale.detector.data import (
     SHAPE_CATEGORIES,
     DataError,
     ResizePad,
@@ -18,7 +18,7 @@ from detector.data import (
     make_loader,
     make_synthetic_coco,
 )
-from detector.data.synthetic import MAX_OCCLUSION, MIN_OBJECT_SIZE
+from effscale.detector.data.synthetic import MAX_OCCLUSION, MIN_OBJECT_SIZE
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -65,7 +65,11 @@ def test_layout_and_summary(tmp_path):
     assert train.images_dir == tmp_path / "ds" / "train" / "images"
     assert (train.num_images, summary.split("val").num_images) == (3, 2)
     data = json.loads(train.ann_file.read_text())
-    assert [img["file_name"] for img in data["images"]] == ["000001.png", "000002.png", "000003.png"]
+    assert [img["file_name"] for img in data["images"]] == [
+        "000001.png",
+        "000002.png",
+        "000003.png",
+    ]
     assert {(img["width"], img["height"]) for img in data["images"]} == {(96, 64)}
     assert train.num_objects == len(data["annotations"])
     assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
@@ -105,7 +109,9 @@ def test_classes_sizes_and_occlusion(shapes):
         for j, (x, y, w, h) in enumerate(objects):
             covered = 0.0
             for x2, y2, w2, h2 in objects[j + 1 :]:
-                covered += max(0, min(x + w, x2 + w2) - max(x, x2)) * max(0, min(y + h, y2 + h2) - max(y, y2))
+                covered += max(0, min(x + w, x2 + w2) - max(x, x2)) * max(
+                    0, min(y + h, y2 + h2) - max(y, y2)
+                )
             assert covered <= MAX_OCCLUSION * w * h
             overlapping += covered > 0
     assert overlapping > 0  # occlusion does happen
@@ -136,7 +142,9 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     before = _digest(root)
     with pytest.raises(DataError) as exc:
         make_synthetic_coco(root, n_train=2, n_val=1, seed=1, image_size=64)
-    assert "overwrite" in str(exc.value) and str(root) in str(exc.value) and "\n" not in str(exc.value)
+    assert (
+        "overwrite" in str(exc.value) and str(root) in str(exc.value) and "\n" not in str(exc.value)
+    )
     assert _digest(root) == before
     make_synthetic_coco(root, n_train=3, n_val=1, seed=1, image_size=64, overwrite=True)
     assert len(list((root / "train" / "images").iterdir())) == 3

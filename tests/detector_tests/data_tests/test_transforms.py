@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from detector.data import (
+from effscale.detector.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CocoDetection,
@@ -60,13 +60,23 @@ def test_crop_clips_and_drops_boxes_with_exact_numbers():
         [10, 10, 14, 12],  # -> [17, 15, 25, 19] inside -> kept (the white patch)
         [15, 0, 20, 3],  # -> [27, -5, 37, 1] clipped to [27, 0, 32, 1] -> dropped
         [12, 14, 20, 18],  # -> [21, 23, 37, 31] clipped to [21, 23, 32, 31]: 69% kept -> kept
-        [14, 15, 16.5, 30],  # -> [25, 25, 30, 55] clipped to [25, 25, 30, 32]: 35/150 = 23% -> dropped
+        [
+            14,
+            15,
+            16.5,
+            30,
+        ],  # -> [25, 25, 30, 55] clipped to [25, 25, 30, 32]: 35/150 = 23% -> dropped
         [14, 15, 16.5, 27],  # -> [25, 25, 30, 49] clipped to [25, 25, 30, 32]: 35/120 = 29% -> kept
     ]
     crop = TrainTransform((32, 32), scale_range=(2.0, 2.0), hflip_prob=0.0, seed=2)
     canvas, target = crop(image, _target(boxes))
     assert tuple(canvas.shape) == (3, 32, 32)
-    assert target["boxes"].tolist() == [[0, 0, 32, 32], [17, 15, 25, 19], [21, 23, 32, 31], [25, 25, 30, 32]]
+    assert target["boxes"].tolist() == [
+        [0, 0, 32, 32],
+        [17, 15, 25, 19],
+        [21, 23, 32, 31],
+        [25, 25, 30, 32],
+    ]
     assert target["labels"].tolist() == [0, 2, 4, 6]
     assert bool((canvas[:, 16:18, 18:24] > 200).all())
     assert bool((canvas[:, 0:12, 0:12] < 30).all())
@@ -130,7 +140,12 @@ def test_tensor_input_matches_pil_input():
 
 
 def test_normalize_values_and_dtype():
-    images = torch.tensor([0, 255, 128], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 5).contiguous()
+    images = (
+        torch.tensor([0, 255, 128], dtype=torch.uint8)
+        .view(1, 3, 1, 1)
+        .expand(2, 3, 4, 5)
+        .contiguous()
+    )
     out = normalize(images)
     assert out.dtype == torch.float32 and tuple(out.shape) == (2, 3, 4, 5)
     expected = [(v / 255 - m) / s for v, m, s in zip((0, 255, 128), IMAGENET_MEAN, IMAGENET_STD)]

@@ -1,4 +1,5 @@
-"""Run a study on a Ray cluster with Ray Tune: the same trials, recorded in the same Optuna study.
+"""The Ray Tune driver: run a study on a Ray cluster, the same trials recorded in the same Optuna
+study.
 
 ``effscale search STUDY.toml --backend ray [--address auto|HOST:PORT]`` gives the same records as
 the Optuna backend (``effscale status``, ``export`` and the dashboard see no difference), but the
@@ -7,15 +8,15 @@ trials run as Ray Tune trials on whatever nodes the cluster has.
 Design
 ------
 The search algorithm is an :class:`~ray.tune.search.optuna.OptunaSearch` (:class:`EffscaleSearch`)
-fed the study's sampler (:func:`~search.runners.optuna_runner.make_sampler`), the study's Optuna
+fed the study's sampler (:func:`~effscale.search.runners.optuna_runner.make_sampler`), the study's Optuna
 storage and its name, with a define-by-run space that is the study's own
-:func:`search.space.suggest`. So the driver asks the sampler for a point exactly as an Optuna
+:func:`effscale.search.space.suggest`. So the driver asks the sampler for a point exactly as an Optuna
 worker would: ``study.ask()`` creates the trial in the shared storage and the sampler sees every
 finished and running trial. Two things are overridden, for the reasons below; nothing is copied
 from Tune's results into Optuna afterwards.
 
 * The trial is evaluated on the *same* ``optuna.Trial``: the Tune trainable opens the storage,
-  builds ``optuna.Trial(study, trial_id)`` and calls :class:`search.objective.Objective` on it,
+  builds ``optuna.Trial(study, trial_id)`` and calls :class:`effscale.search.objective.Objective` on it,
   which re-reads the sampled parameters and records the user attrs and the ``cost_ratio``
   constraint itself, then ``study.tell``\\s the result. Records are therefore identical by
   construction; the only addition is the user attr ``ray_node_id`` (the Ray node that ran the
@@ -69,16 +70,12 @@ finished trials and no trial runs twice. Changing the resources per trial, the
 retries or the pruner between the two runs starts a new experiment instead (their RUNNING trials
 are failed the same way); ``n_trials`` and ``max_concurrent`` may change.
 
-Test hooks (read by the driver): ``EFFSCALE_RAY_TEST_FAULTS="K[:N],.."`` makes the K-th trial
-this driver hands to Ray (0-based) raise in its first N attempts (default: all) once its point is
-recorded; ``EFFSCALE_RAY_TEST_DELAY_S="S[:K]"`` makes the trials from the K-th on (default: all)
-sleep S seconds first.
+The side that runs on Ray's workers (the trainable) is :mod:`.ray_worker`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -89,34 +86,49 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.objective import Objective, train_inputs
-from search.packing import AUTO, check_trials_per_gpu, decide_packing, resolve_packing
-from search.runners.optuna_runner import (
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from ..data import prepare_data
+from ..definition import StudyDefinition
+from ..errors import ParameterError
+from ..objective import Objective, train_inputs
+from ..packing import AUTO, check_trials_per_gpu, decide_packing, resolve_packing
+from ..space import suggest
+from ..storage import StorageLocation, check_workers, open_storage, resolve_storage_url
+from .common import (
     RunSummary,
     TrialProgress,
     make_sampler,
     open_study,
-    prepare_data,
     remaining_trials,
     summarize_run,
     target_trials,
 )
-from search.space import suggest
-from search.storage import StorageLocation, check_workers, open_storage, resolve_storage_url
-from search.study_file import DataSection, StudyDefinition
-
-try:
-    from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
-    _RAY_MISSING: str | None = None
-except ModuleNotFoundError as _exc:  # the H200 test machine has no Ray wheel
-    if not (_exc.name or "").startswith("ray"):
-        raise
-    _OptunaSearch = object  # type: ignore[assignment,misc]
-    _RAY_MISSING = _exc.name
+from .ray_worker import (
+    ATTEMPTS_ATTR,
+    EXPERIMENT_ATTR,
+    FAILURE_ATTR,
+    FEASIBLE_KEY,
+    METRIC,
+    NODE_ATTR,
+    NUMBER_KEY,
+    TRIAL_KEY,
+    TUNE_TRIAL_ATTR,
+    ObjectiveFactory,
+    RayJob,
+    record_worker,
+    trainable,
+)
 
 __all__ = [
     "EXPERIMENT_ATTR",
@@ -133,27 +145,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: system attrs written by the Ray backend (user attrs stay those of the Optuna backend)
-EXPERIMENT_ATTR = "effscale:ray_experiment"
-TUNE_TRIAL_ATTR = "effscale:ray_trial_id"
-ATTEMPTS_ATTR = "effscale:ray_attempts"
-FAILURE_ATTR = "effscale:ray_failure"
-#: the one user attr the Ray backend adds: the node that ran the trial
-NODE_ATTR = "ray_node_id"
-
-FAULTS_ENV = "EFFSCALE_RAY_TEST_FAULTS"
-DELAY_ENV = "EFFSCALE_RAY_TEST_DELAY_S"
-
-_TRIAL_KEY = "optuna_trial_id"
-_NUMBER_KEY = "optuna_trial_number"
-_FEASIBLE_KEY = "_effscale_feasible"
-_FAULT_KEY = "_effscale_fault_attempts"
-_DELAY_KEY = "_effscale_delay_s"
-_METRIC = "ap"
-#: the user attrs a failed attempt keeps aside until the trial has failed for good
-_FAILURE_KEYS = ("error", "fail_reason", "diverged_step")
-_INTERRUPTED = ("interrupted: the search stopped while this trial ran (Ctrl-C or a killed "
-                "driver); a new trial replaces it")
+_INTERRUPTED = (
+    "interrupted: the search stopped while this trial ran (Ctrl-C or a killed "
+    "driver); a new trial replaces it"
+)
 
 
 # ------------------------------------------------------------------------------------ options
@@ -194,22 +189,24 @@ def resolve_options(
 
     ``gpus`` (device indices) are for a Ray started here: it sees only those GPUs, and a trial
     gets ``1 / trials_per_gpu`` of one unless ``gpus_per_trial`` says otherwise
-    (``trials_per_gpu = "auto"`` is then :func:`search.packing.resolve_packing`'s choice, with
+    (``trials_per_gpu = "auto"`` is then :func:`effscale.search.packing.resolve_packing`'s choice, with
     the class count from the study file; :func:`run_study` passes the data's). ``workers``
     stands for ``max_concurrent`` when that is not given.
     """
     ex = definition.execution
     address = address if address is not None else ex.address
     gpu_list = tuple(ex.gpus if gpus is None else gpus)
-    per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None
-                                   else trials_per_gpu)
+    per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None else trials_per_gpu)
     if gpu_list and address is not None:
-        raise ValueError(f"--gpus: device indices pick GPUs of a Ray started here, but --address "
-                         f"{address} joins a running cluster whose GPUs Ray assigns; drop --gpus "
-                         "(and [execution] gpus) and use --gpus-per-trial")
+        raise ParameterError(
+            "gpus",
+            f"device indices pick GPUs of a Ray started here, but --address "
+            f"{address} joins a running cluster whose GPUs Ray assigns; drop --gpus "
+            "(and [execution] gpus) and use --gpus-per-trial",
+        )
     cpus = ex.cpus_per_trial if cpus_per_trial is None else float(cpus_per_trial)
     if not (math.isfinite(cpus) and cpus > 0):
-        raise ValueError(f"--cpus-per-trial: must be > 0, got {cpus:g}")
+        raise ParameterError("cpus_per_trial", f"must be > 0, got {cpus:g}")
     gpu_share = gpus_per_trial if gpus_per_trial is not None else ex.gpus_per_trial
     if gpu_share is None and gpu_list and per_gpu == AUTO:
         per_gpu = resolve_packing(definition, gpus=gpu_list).trials_per_gpu
@@ -217,20 +214,26 @@ def resolve_options(
         gpu_share = 1.0 / int(per_gpu) if gpu_list else 0.0
     gpu_share = float(gpu_share)
     if not math.isfinite(gpu_share) or gpu_share < 0 or (gpu_share > 1 and gpu_share % 1):
-        raise ValueError(f"--gpus-per-trial: must be a fraction in [0, 1] or a whole number, "
-                         f"got {gpu_share:g}")
-    if definition.objective.kind == "train" and definition.train.device == "cuda" \
-            and gpu_share == 0:
-        raise ValueError("train.device: \"cuda\" needs GPUs on Ray; give --gpus-per-trial "
-                         "(e.g. 0.25) or set device = \"auto\"")
+        raise ParameterError(
+            "gpus_per_trial", f"must be a fraction in [0, 1] or a whole number, got {gpu_share:g}"
+        )
+    if (
+        definition.objective.kind == "train"
+        and definition.train.device == "cuda"
+        and gpu_share == 0
+    ):
+        raise ValueError(
+            'train.device: "cuda" needs GPUs on Ray; give --gpus-per-trial '
+            '(e.g. 0.25) or set device = "auto"'
+        )
     concurrent = max_concurrent if max_concurrent is not None else ex.max_concurrent
     if concurrent is None and workers is not None:
         concurrent = workers
     if concurrent is not None and concurrent < 1:
-        raise ValueError(f"--max-concurrent: must be >= 1, got {concurrent}")
+        raise ParameterError("max_concurrent", f"must be >= 1, got {concurrent}")
     failures = ex.max_failures if max_failures is None else max_failures
     if failures < 0:
-        raise ValueError(f"--max-failures: must be >= 0, got {failures}")
+        raise ParameterError("max_failures", f"must be >= 0, got {failures}")
     if storage_path is not None:
         folder = Path(storage_path)
         if not folder.is_absolute():
@@ -239,29 +242,15 @@ def resolve_options(
         folder = ex.storage_path
     else:
         folder = definition.folder / f"{definition.path.stem}.ray"
-    return RayOptions(address=address, cpus_per_trial=cpus, gpus_per_trial=gpu_share,
-                      max_concurrent=concurrent, max_failures=failures,
-                      storage_path=folder.resolve(),
-                      local_gpus=gpu_list if address is None else ())
-
-
-def _parse_delay(text: str) -> tuple[float, int]:
-    seconds, _, start = text.partition(":")
-    try:
-        return (float(seconds) if seconds.strip() else 0.0), (int(start) if start else 0)
-    except ValueError:
-        raise ValueError(f"{DELAY_ENV}: {text!r} is not S or S:K") from None
-
-
-def _parse_faults(text: str) -> dict[int, int]:
-    faults: dict[int, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        index, _, attempts = part.partition(":")
-        try:
-            faults[int(index)] = int(attempts) if attempts else 1_000_000
-        except ValueError:
-            raise ValueError(f"{FAULTS_ENV}: {part!r} is not K or K:N") from None
-    return faults
+    return RayOptions(
+        address=address,
+        cpus_per_trial=cpus,
+        gpus_per_trial=gpu_share,
+        max_concurrent=concurrent,
+        max_failures=failures,
+        storage_path=folder.resolve(),
+        local_gpus=gpu_list if address is None else (),
+    )
 
 
 # ---------------------------------------------------------------------------------- schedulers
@@ -269,20 +258,20 @@ def _parse_faults(text: str) -> dict[int, int]:
 
 def make_scheduler(definition: StudyDefinition) -> Any:
     """The Tune scheduler standing for the study's pruner (see the module docstring)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
     kind = definition.pruner.kind
     options = definition.pruner.kwargs()
     if kind == "none" or definition.objective.kind != "train":
         return FIFOScheduler()
     budget = definition.train.epochs or 100  # epochs; a steps or seconds budget: 100 at most
-    common = {"time_attr": "training_iteration", "metric": _METRIC, "mode": "max"}
+    common: dict[str, Any] = {"time_attr": "training_iteration", "metric": METRIC, "mode": "max"}
     if kind == "median":
         return MedianStoppingRule(
-            **common, grace_period=options.get("n_warmup_steps", 0) + 1,
+            **common,
+            grace_period=options.get("n_warmup_steps", 0) + 1,
             min_samples_required=max(1, options.get("n_startup_trials", 5)),
             min_time_slice=10**9,  # never pause a trial for lack of samples: it cannot resume
-            hard_stop=True)
+            hard_stop=True,
+        )
     # ASHA stops every trial that reaches max_t; one past the last epoch, the trial has told
     # COMPLETE by then (a stop at the last epoch would record a finished trial PRUNED)
     if kind == "successive_halving":
@@ -290,15 +279,25 @@ def make_scheduler(definition: StudyDefinition) -> Any:
         low = 1 if low == "auto" else max(1, int(low))
         factor = options.get("reduction_factor", 4)
         grace = low * factor ** options.get("min_early_stopping_rate", 0)
-        return ASHAScheduler(**common, max_t=max(budget, grace) + 1, grace_period=grace,
-                             reduction_factor=factor, brackets=1)
+        return ASHAScheduler(
+            **common,
+            max_t=max(budget, grace) + 1,
+            grace_period=grace,
+            reduction_factor=factor,
+            brackets=1,
+        )
     low = max(1, int(options.get("min_resource", 1)))
     high = options.get("max_resource", "auto")
     high = max(budget if high == "auto" else int(high), low)
     factor = options.get("reduction_factor", 3)
     brackets = math.floor(math.log(high / low, factor)) + 1 if high > low else 1
-    return ASHAScheduler(**common, max_t=max(high, budget) + 1, grace_period=low,
-                         reduction_factor=factor, brackets=brackets)
+    return ASHAScheduler(
+        **common,
+        max_t=max(high, budget) + 1,
+        grace_period=low,
+        reduction_factor=factor,
+        brackets=brackets,
+    )
 
 
 # -------------------------------------------------------------------------- the driver's state
@@ -319,8 +318,6 @@ class _Live:
     pointer: Path
     resumed_at: int = 0
     progress: Any = None
-    faults: dict[int, int] = field(default_factory=dict)
-    delay: tuple[float, int] = (0.0, 0)
     dispatched: int = 0
     failed: int = 0
     finished: bool = False
@@ -331,18 +328,18 @@ _LIVE: dict[str, _Live] = {}
 
 def _study_sampler(live: _Live) -> Any:
     """The study's sampler, as the Optuna backend's first worker makes it; a resumed run gets
-    other seeds (``resumed_at``) where :func:`make_sampler` supports that."""
-    if "resumed_at" in inspect.signature(make_sampler).parameters:
-        return make_sampler(live.definition, resumed_at=live.resumed_at)
-    return make_sampler(live.definition)
+    other seeds (``resumed_at``)."""
+    return make_sampler(live.definition, resumed_at=live.resumed_at)
 
 
 def _live(experiment: str) -> _Live:
     try:
         return _LIVE[experiment]
     except KeyError:
-        raise RuntimeError(f"effscale: no running search for Ray experiment {experiment!r}; "
-                           "start it with `effscale search --backend ray`") from None
+        raise RuntimeError(
+            f"effscale: no running search for Ray experiment {experiment!r}; "
+            "start it with `effscale search --backend ray`"
+        ) from None
 
 
 class _SpaceFunction:
@@ -355,13 +352,18 @@ class _SpaceFunction:
     def __call__(self, trial: Any) -> dict[str, Any]:
         live = _live(self.experiment)
         d = live.definition
-        point = suggest(trial, d.space, d.constraint,
-                        measured_ratio=live.objective.measured_ratio
-                        if d.constraint.kind == "measured" else None)
-        return {_FEASIBLE_KEY: bool(point.feasible)}
+        point = suggest(
+            trial,
+            d.space,
+            d.constraint,
+            measured_ratio=live.objective.measured_ratio
+            if d.constraint.kind == "measured"
+            else None,
+        )
+        return {FEASIBLE_KEY: bool(point.feasible)}
 
 
-class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
+class EffscaleSearch(OptunaSearch):
     """OptunaSearch on the study's storage, name and sampler; see the module docstring.
 
     Tune calls :meth:`suggest` for each new trial: it returns ``None`` while ``max_concurrent``
@@ -375,24 +377,35 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
         self._experiment = experiment
         self._open: dict[str, tuple[int, int]] = {}
         self._need: int | None = None
-        super().__init__(space=_SpaceFunction(experiment), metric=_METRIC, mode="max",
-                         sampler=_study_sampler(live),
-                         study_name=live.definition.study.name,
-                         storage=open_storage(live.location))
+        super().__init__(
+            space=_SpaceFunction(experiment),
+            metric=METRIC,
+            mode="max",
+            sampler=_study_sampler(live),
+            study_name=live.definition.study.name,
+            storage=open_storage(live.location),
+        )
 
     # -- the study, opened lazily after unpickling ------------------------------------------
 
-    def _setup_study(self, mode: Any) -> None:
-        import optuna
+    _ot_study: Any
+    _storage: Any
 
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
-                                           sampler=self._sampler,
-                                           pruner=optuna.pruners.NopPruner())
+    def _setup_study(self, mode: Any) -> None:
+        self._ot_study = optuna.load_study(
+            study_name=self._study_name,
+            storage=self._storage,
+            sampler=self._sampler,
+            pruner=optuna.pruners.NopPruner(),
+        )
         # trials are told through a sampler that does nothing after a trial: GridSampler's
         # after_trial calls study.stop(), which raises outside study.optimize()
-        self._teller = optuna.load_study(study_name=self._study_name, storage=self._storage,
-                                         sampler=optuna.samplers.RandomSampler(),
-                                         pruner=optuna.pruners.NopPruner())
+        self._teller = optuna.load_study(
+            study_name=self._study_name,
+            storage=self._storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=optuna.pruners.NopPruner(),
+        )
 
     def _ensure_study(self) -> Any:
         if self._ot_study is None:
@@ -405,8 +418,16 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_ot_study=None, _teller=None, _storage=None, _sampler=None, _ot_trials={},
-                     _open={}, _need=None, _completed_trials=set())
+        state.update(
+            _ot_study=None,
+            _teller=None,
+            _storage=None,
+            _sampler=None,
+            _ot_trials={},
+            _open={},
+            _need=None,
+            _completed_trials=set(),
+        )
         return state
 
     def save(self, checkpoint_path: str) -> None:
@@ -418,15 +439,15 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
 
     # -- Tune's calls -----------------------------------------------------------------------
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        from ray.tune.search import Searcher
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
 
         live = _live(self._experiment)
         study = self._ensure_study()
         while True:
             if self._need is None:
-                self._need = remaining_trials(live.definition, study, live.target,
-                                              running=len(self._open)) - len(self._open)
+                self._need = remaining_trials(
+                    live.definition, study, live.target, running=len(self._open)
+                ) - len(self._open)
             if self._need <= 0 or live.failed >= live.failure_cap:
                 if self._open:
                     return None  # running trials may still fail and need replacing
@@ -436,35 +457,29 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
             if len(self._open) >= live.max_concurrent:
                 return None
             config = super().suggest(trial_id)  # study.ask() + the study's suggest()
+            assert config is not None  # a define-by-run space always gives a point
             trial = self._ot_trials.pop(trial_id)
             storage = study._storage
             storage.set_trial_system_attr(trial._trial_id, EXPERIMENT_ATTR, self._experiment)
             storage.set_trial_system_attr(trial._trial_id, TUNE_TRIAL_ATTR, trial_id)
-            _record_worker(storage, trial._trial_id)  # the driver, until a Ray worker takes it
+            record_worker(storage, trial._trial_id)  # the driver, until a Ray worker takes it
             self._need -= 1
-            if config.pop(_FEASIBLE_KEY):
+            if config.pop(FEASIBLE_KEY):
                 self._open[trial_id] = (trial._trial_id, trial.number)
-                config.update({_TRIAL_KEY: trial._trial_id, _NUMBER_KEY: trial.number})
-                fault = live.faults.get(live.dispatched)
-                if fault:
-                    config[_FAULT_KEY] = fault
-                if live.delay[0] > 0 and live.dispatched >= live.delay[1]:
-                    config[_DELAY_KEY] = live.delay[0]
+                config.update({TRIAL_KEY: trial._trial_id, NUMBER_KEY: trial.number})
                 live.dispatched += 1
                 return config
             self._record_infeasible(live, trial)
 
     def _record_infeasible(self, live: _Live, trial: Any) -> None:
         """Record an infeasible point as the Optuna backend would (PRUNED), here and now."""
-        import optuna
-        from optuna.trial import TrialState
 
         trial.set_user_attr(NODE_ATTR, live.node_id)
         try:
             value = live.objective(trial)
         except optuna.TrialPruned:
             self._teller.tell(trial.number, state=TrialState.PRUNED)
-        except Exception:  # noqa: BLE001 - recorded like any failed trial
+        except Exception:
             self._teller.tell(trial.number, state=TrialState.FAIL)
         else:  # not expected: the point was infeasible when sampled
             self._teller.tell(trial.number, value)
@@ -473,8 +488,9 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Nothing: the trainable reports each epoch to Optuna itself."""
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         entry = self._open.pop(trial_id, None)
         self._need = None
         if entry is None:
@@ -485,15 +501,13 @@ class EffscaleSearch(_OptunaSearch):  # type: ignore[misc,valid-type]
             _settle(self._teller, entry[0], result=result, error=error)
             if self._teller._storage.get_trial(entry[0]).state.name == "FAIL":
                 live.failed += 1
-        except Exception:  # noqa: BLE001 - never let bookkeeping crash Tune's loop
+        except Exception:
             logger.exception("effscale: could not settle trial %s", entry[1])
         _update_progress(live, self._teller)
 
 
 def _settle(study: Any, trial_id: int, *, result: dict | None, error: bool) -> None:
     """Finish a trial that Tune has finished but the trainable did not tell."""
-    from optuna.trial import TrialState
-
     storage = study._storage
     frozen = storage.get_trial(trial_id)
     if frozen.state.is_finished():
@@ -501,7 +515,9 @@ def _settle(study: Any, trial_id: int, *, result: dict | None, error: bool) -> N
     if error:
         failure = frozen.system_attrs.get(FAILURE_ATTR) or {
             "error": "worker lost: the Ray worker of the trial died without a Python error (see "
-                     "the Tune trial's error.txt)", "fail_reason": "worker_lost"}
+            "the Tune trial's error.txt)",
+            "fail_reason": "worker_lost",
+        }
         for key, value in failure.items():
             storage.set_trial_user_attr(trial_id, key, value)
         study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -510,22 +526,9 @@ def _settle(study: Any, trial_id: int, *, result: dict | None, error: bool) -> N
         storage.set_trial_user_attr(trial_id, "prune_reason", "pruner")
         study.tell(frozen.number, state=TrialState.PRUNED, skip_if_finished=True)
     else:
-        storage.set_trial_user_attr(trial_id, "error", "RayError: the trial ended without a "
-                                    "result")
+        storage.set_trial_user_attr(trial_id, "error", "RayError: the trial ended without a result")
         storage.set_trial_user_attr(trial_id, "fail_reason", "error")
         study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
-
-
-def _record_worker(storage: Any, trial_id: int) -> None:
-    """Record this process as the trial's worker the way the Optuna backend does (where
-    :mod:`search.storage` has worker records), so that its sweep of dead workers' trials judges
-    a Ray trial by the process that runs it instead of failing it for want of a record."""
-    from search import storage as effscale_storage
-
-    attr = getattr(effscale_storage, "WORKER_ATTR", None)
-    identity = getattr(effscale_storage, "worker_identity", None)
-    if attr and identity is not None:
-        storage.set_trial_system_attr(trial_id, attr, identity())
 
 
 def _update_progress(live: _Live, study: Any) -> None:
@@ -535,8 +538,6 @@ def _update_progress(live: _Live, study: Any) -> None:
 
 def _sweep(study: Any, experiment: str, reason: str = _INTERRUPTED) -> list[int]:
     """Tell FAIL every trial of ``experiment`` still RUNNING (its driver is gone); their numbers."""
-    from optuna.trial import TrialState
-
     storage = study._storage
     swept = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -549,155 +550,11 @@ def _sweep(study: Any, experiment: str, reason: str = _INTERRUPTED) -> list[int]
     return swept
 
 
-# ---------------------------------------------------------------------------- the trainable
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What a trainable needs (shipped once through the object store)."""
-
-    definition: StudyDefinition
-    location: StorageLocation
-    num_classes: int
-    data: DataSection | None
-    use_gpu: bool
-    threads: int | None
-
-
-_WORKER_CACHE: dict[Any, Any] = {}
-
-
-class _RayTrial:
-    """The ``optuna.Trial`` given to :class:`Objective` on Ray: per-epoch AP also goes to Tune,
-    pruning is Tune's, and a failed attempt's ``error`` waits in :attr:`failure`."""
-
-    def __init__(self, trial: Any, *, fault: bool) -> None:
-        self._trial = trial
-        self._fault = fault
-        self.failure: dict[str, Any] = {}
-
-    def keep(self) -> None:
-        """The attempt did not fail (e.g. pruned as diverged): record what it kept aside."""
-        for key, value in self.failure.items():
-            self._trial.set_user_attr(key, value)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._trial, name)
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        if key in _FAILURE_KEYS:
-            self.failure[key] = value
-        else:
-            self._trial.set_user_attr(key, value)
-
-    def set_constraint(self, name: str, value: float) -> None:
-        self._trial.set_constraint(name, value)
-        if self._fault:  # test hook: fail after the point is recorded, like a failing evaluation
-            raise RuntimeError(f"injected fault ({FAULTS_ENV})")
-
-    def report(self, value: float, step: int) -> None:
-        from ray import tune
-
-        self._trial.report(value, step)
-        tune.report({_METRIC: float(value), "epoch": int(step)})
-
-    def should_prune(self) -> bool:
-        return False
-
-
-def _worker_study(job: _Job) -> Any:
-    import optuna
-
-    key = ("study", job.location.url, job.definition.study.name)
-    if key not in _WORKER_CACHE:  # the driver sampled the point: a cheap sampler suffices here
-        _WORKER_CACHE[key] = optuna.load_study(
-            study_name=job.definition.study.name, storage=open_storage(job.location),
-            sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
-    return _WORKER_CACHE[key]
-
-
-def _worker_objective(job: _Job, gpu: int | None) -> Objective:
-    key = ("objective", job.definition.fingerprint(), job.definition.path, gpu, job.use_gpu)
-    if key not in _WORKER_CACHE:
-        device = "cuda" if job.use_gpu else "cpu"
-        _WORKER_CACHE[key] = Objective(job.definition, num_classes=job.num_classes,
-                                       data=job.data, device=device, gpu=gpu, quiet=True)
-    return _WORKER_CACHE[key]
-
-
-def _gpu_id() -> int | None:
-    import ray
-
-    ids = ray.get_gpu_ids()
-    if not ids:
-        return None
-    try:
-        return int(ids[0])
-    except (TypeError, ValueError):
-        return None
-
-
-def _final_metrics(values: Sequence[float], epoch: Any) -> dict[str, Any]:
-    metrics: dict[str, Any] = {_METRIC: float(values[0])}
-    if len(values) > 1:
-        metrics["macs"] = float(values[1])
-    if epoch is not None:
-        metrics["epoch"] = int(epoch)
-    return metrics
-
-
-def _trainable(config: dict[str, Any], job: _Job) -> None:
-    """One Tune trial: run the Objective on the Optuna trial the driver asked for."""
-    import optuna
-    import ray
-    from optuna.trial import TrialState
-    from ray import tune
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ident = int(config[_TRIAL_KEY])
-    study = _worker_study(job)
-    storage = study._storage
-    frozen = storage.get_trial(ident)
-    if frozen.state.is_finished():  # told before a restart: nothing left to run
-        if frozen.state == TrialState.COMPLETE:
-            tune.report(_final_metrics(frozen.values, frozen.user_attrs.get("last_epoch")))
-        return
-    attempt = int(frozen.system_attrs.get(ATTEMPTS_ATTR, 0)) + 1
-    storage.set_trial_system_attr(ident, ATTEMPTS_ATTR, attempt)
-    _record_worker(storage, ident)
-    storage.set_trial_user_attr(ident, NODE_ATTR, ray.get_runtime_context().get_node_id())
-    if job.threads is not None and job.definition.objective.kind == "train":
-        import torch
-
-        torch.set_num_threads(job.threads)
-    if config.get(_DELAY_KEY):
-        time.sleep(float(config[_DELAY_KEY]))
-    trial = _RayTrial(optuna.Trial(study, ident),
-                      fault=attempt <= int(config.get(_FAULT_KEY, 0)))
-    try:
-        value = _worker_objective(job, _gpu_id())(trial)
-    except optuna.TrialPruned:  # a grid point that another trial holds, a diverged training
-        trial.keep()
-        study.tell(frozen.number, state=TrialState.PRUNED, skip_if_finished=True)
-        return
-    except Exception as exc:
-        failure = dict(trial.failure)
-        failure.setdefault("error", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
-        storage.set_trial_system_attr(ident, FAILURE_ATTR, failure)
-        raise
-    trial.keep()
-    told = study.tell(frozen.number, value, skip_if_finished=True)
-    if told.state == TrialState.COMPLETE:
-        tune.report(_final_metrics(told.values, told.user_attrs.get("last_epoch")))
-
-
 # ------------------------------------------------------------------------------------ the run
 
 
 def _connect(options: RayOptions) -> bool:
     """Join the cluster at ``options.address`` or start a local Ray; whether we started it."""
-    import ray
-
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
@@ -705,9 +562,12 @@ def _connect(options: RayOptions) -> bool:
         try:
             ray.init(address=options.address, **kwargs)
         except ConnectionError as exc:
-            raise ValueError(f"--address: no Ray cluster at {options.address!r} ({exc}); start "
-                             "one with `ray start --head` (see docs/cluster.md) or drop "
-                             "--address for a local Ray") from None
+            raise ParameterError(
+                "address",
+                f"no Ray cluster at {options.address!r} ({exc}); start "
+                "one with `ray start --head` (see docs/cluster.md) or drop "
+                "--address for a local Ray",
+            ) from None
         return True
     if options.local_gpus:
         saved = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -727,16 +587,20 @@ def _connect(options: RayOptions) -> bool:
 def _concurrency(options: RayOptions) -> int:
     """How many trials run at once: ``max_concurrent``, else what the cluster fits; checks that
     one trial fits at all (Tune would wait for ever)."""
-    import ray
-
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     if options.cpus_per_trial > cpus:
-        raise ValueError(f"--cpus-per-trial: {options.cpus_per_trial:g} CPUs per trial, but the "
-                         f"Ray cluster has {cpus:g}; ask for fewer")
+        raise ParameterError(
+            "cpus_per_trial",
+            f"{options.cpus_per_trial:g} CPUs per trial, but the "
+            f"Ray cluster has {cpus:g}; ask for fewer",
+        )
     if options.gpus_per_trial > gpus:
-        raise ValueError(f"--gpus-per-trial: {options.gpus_per_trial:g} GPUs per trial, but the "
-                         f"Ray cluster has {gpus:g}; add GPU nodes or drop --gpus-per-trial")
+        raise ParameterError(
+            "gpus_per_trial",
+            f"{options.gpus_per_trial:g} GPUs per trial, but the "
+            f"Ray cluster has {gpus:g}; add GPU nodes or drop --gpus-per-trial",
+        )
     if options.max_concurrent is not None:
         return options.max_concurrent
     fits = int(cpus // options.cpus_per_trial)
@@ -769,8 +633,9 @@ def _driver_running(state: dict[str, Any]) -> int | None:
 
 def _new_experiment(pointer: Path) -> str:
     """A new experiment name: the study's, the time and a random suffix."""
-    return (f"{pointer.stem.rsplit('-', 1)[0]}-{time.strftime('%Y%m%d-%H%M%S')}-"
-            f"{uuid.uuid4().hex[:4]}")
+    return (
+        f"{pointer.stem.rsplit('-', 1)[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    )
 
 
 def _read_pointer(path: Path) -> dict[str, Any] | None:
@@ -781,11 +646,15 @@ def _read_pointer(path: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and isinstance(state.get("experiment"), str) else None
 
 
-def _write_pointer(path: Path, experiment: str, settings: dict[str, Any] | None, *,
-                   finished: bool = False) -> None:
+def _write_pointer(
+    path: Path, experiment: str, settings: dict[str, Any] | None, *, finished: bool = False
+) -> None:
     state = _read_pointer(path) or {}
-    state.update(experiment=experiment, finished=finished,
-                 driver={"host": socket.gethostname(), "pid": os.getpid()})
+    state.update(
+        experiment=experiment,
+        finished=finished,
+        driver={"host": socket.gethostname(), "pid": os.getpid()},
+    )
     if settings is not None:
         state["settings"] = settings
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -810,46 +679,59 @@ def run_study(
     max_failures: int | None = None,
     storage_path: str | Path | None = None,
     cpu_count: int | None = None,
+    objective: ObjectiveFactory = Objective,
 ) -> RunSummary:
     """Run (or resume) the study on Ray until it holds ``n_trials`` finished trials.
 
-    Takes :func:`search.runners.optuna_runner.run_study`'s keywords plus the Ray options of
+    Takes :func:`.optuna_runner.run_study`'s keywords plus the Ray options of
     :func:`resolve_options`. Joins the cluster at ``address`` (or uses the Ray this process has
     initialized, or starts a local one and stops it afterwards). With ``gpus``, no
     ``gpus_per_trial`` and ``trials_per_gpu = "auto"``, the share of a trial is ``1 / M`` with
-    ``M`` from :func:`search.packing.resolve_packing` (``cpu_count`` as in the Optuna runner);
+    ``M`` from :func:`..packing.resolve_packing` (``cpu_count`` as in the Optuna runner);
     its reason is printed unless ``quiet`` and stored in the study's ``packing`` user attr.
-    Raises ``KeyboardInterrupt`` after a Ctrl-C, once the interrupted trials are recorded FAIL.
+    ``objective`` makes the objective on the workers (a subclass injects faults in tests; Ray
+    pickles it). Raises ``KeyboardInterrupt`` after a Ctrl-C, once the interrupted trials are
+    recorded FAIL.
     """
-    if _RAY_MISSING is not None:
-        raise ValueError(f"execution.backend: Ray is not installed here (no module "
-                         f"{_RAY_MISSING!r}); pip install 'ray[tune]' or use backend = \"optuna\"")
-    import optuna
-
     d = definition
     target = target_trials(d, n_trials)
     if workers is not None and workers < 1:
-        raise ValueError(f"--workers: must be >= 1, got {workers}")
+        raise ParameterError("workers", f"must be >= 1, got {workers}", "give 1 or more")
     ex = d.execution
-    per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None
-                                   else trials_per_gpu)
+    per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None else trials_per_gpu)
     gpu_list = tuple(ex.gpus if gpus is None else gpus)
     location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
     data, num_classes = prepare_data(d)
     packing = None
-    shares = bool(gpu_list) and (address if address is not None else ex.address) is None and (
-        gpus_per_trial if gpus_per_trial is not None else ex.gpus_per_trial) is None
+    shares = (
+        bool(gpu_list)
+        and (address if address is not None else ex.address) is None
+        and (gpus_per_trial if gpus_per_trial is not None else ex.gpus_per_trial) is None
+    )
     if shares:
-        per_gpu, packing = decide_packing(d, gpus=gpu_list, trials_per_gpu=per_gpu,
-                                          num_classes=num_classes, storage=location,
-                                          cpu_count=cpu_count, quiet=quiet)
-    options = resolve_options(d, workers=workers, gpus=gpus, trials_per_gpu=per_gpu,
-                              address=address, cpus_per_trial=cpus_per_trial,
-                              gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
-                              max_failures=max_failures, storage_path=storage_path)
-    faults = _parse_faults(os.environ.get(FAULTS_ENV, ""))
-    delay = _parse_delay(os.environ.get(DELAY_ENV, ""))
+        per_gpu, packing = decide_packing(
+            d,
+            gpus=gpu_list,
+            trials_per_gpu=per_gpu,
+            num_classes=num_classes,
+            storage=location,
+            cpu_count=cpu_count,
+            quiet=quiet,
+        )
+    options = resolve_options(
+        d,
+        workers=workers,
+        gpus=gpus,
+        trials_per_gpu=per_gpu,
+        address=address,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+        storage_path=storage_path,
+    )
     if d.objective.kind == "train":
+        assert data is not None  # a training study has data (study_file checks it)
         train_inputs(d, data)  # the training settings are valid before the storage is touched
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -858,32 +740,43 @@ def run_study(
         concurrency = _concurrency(options)
         check_workers(location, concurrency)
         study = open_study(d, location, open_storage(location))
-        job = _Job(definition=d, location=location, num_classes=num_classes, data=data,
-                   use_gpu=options.gpus_per_trial > 0,
-                   threads=max(1, int(options.cpus_per_trial)))
-        return _run(d, location, study, target, options, concurrency, job, faults, delay, quiet,
-                    packing)
+        job = RayJob(
+            definition=d,
+            location=location,
+            num_classes=num_classes,
+            data=data,
+            use_gpu=options.gpus_per_trial > 0,
+            threads=max(1, int(options.cpus_per_trial)),
+            objective=objective,
+        )
+        return _run(d, location, study, target, options, concurrency, job, quiet, packing)
     finally:
         if started_ray:
-            import ray
-
             ray.shutdown()
 
 
-def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
-         options: RayOptions, concurrency: int, job: _Job, faults: dict[int, int],
-         delay: tuple[float, int], quiet: bool,
-         packing: dict[str, Any] | None = None) -> RunSummary:
-    import ray
-    from ray import tune
-
+def _run(
+    d: StudyDefinition,
+    location: StorageLocation,
+    study: Any,
+    target: int,
+    options: RayOptions,
+    concurrency: int,
+    job: RayJob,
+    quiet: bool,
+    packing: dict[str, Any] | None = None,
+) -> RunSummary:
     pointer = _pointer_path(options, d.study.name, location)
     previous = _read_pointer(pointer)
     if previous is not None and not previous.get("finished"):
         pid = _driver_running(previous)
         if pid is not None:
-            raise ValueError(f"study.name: another effscale search (pid {pid}) runs this study "
-                             f"with Ray from {options.storage_path}; wait for it or stop it")
+            raise ParameterError(
+                "study.name",
+                f"another effscale search (pid {pid}) runs this "
+                f"study with Ray from {options.storage_path}",
+                "wait for it or stop it",
+            )
         _sweep(study, previous["experiment"])  # its driver is gone: no trial of it is running
     remaining = remaining_trials(d, study, target)
     if remaining <= 0:
@@ -892,25 +785,38 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
     if packing is not None:
         study.set_user_attr("packing", packing)
 
-    settings = {"resources": options.resources, "max_failures": options.max_failures,
-                "pruner": [d.pruner.kind, sorted(d.pruner.kwargs().items())]}
+    settings = {
+        "resources": options.resources,
+        "max_failures": options.max_failures,
+        "pruner": [d.pruner.kind, sorted(d.pruner.kwargs().items())],
+    }
     settings = json.loads(json.dumps(settings))
-    restore = (previous is not None and not previous.get("finished")
-               and previous.get("settings") == settings
-               and tune.Tuner.can_restore(options.storage_path / previous["experiment"]))
-    experiment = previous["experiment"] if restore else _new_experiment(pointer)
+    restore = (
+        previous is not None
+        and not previous.get("finished")
+        and previous.get("settings") == settings
+        and tune.Tuner.can_restore(options.storage_path / previous["experiment"])
+    )
+    experiment = (
+        previous["experiment"] if restore and previous is not None else _new_experiment(pointer)
+    )
     trials_before = study.get_trials(deepcopy=False)
     waiting = {t.number for t in trials_before if t.state.name == "WAITING"}  # grid retries
-    live = _Live(definition=d, location=location, target=target, max_concurrent=concurrency,
-                 failure_cap=max(1, remaining), resumed_at=len(trials_before),
-                 objective=Objective(d, num_classes=job.num_classes, data=job.data, quiet=True),
-                 node_id=ray.get_runtime_context().get_node_id(), pointer=pointer,
-                 faults=faults, delay=delay)
+    live = _Live(
+        definition=d,
+        location=location,
+        target=target,
+        max_concurrent=concurrency,
+        failure_cap=max(1, remaining),
+        resumed_at=len(trials_before),
+        objective=Objective(d, num_classes=job.num_classes, data=job.data, quiet=True),
+        node_id=ray.get_runtime_context().get_node_id(),
+        pointer=pointer,
+    )
     _LIVE[experiment] = live
     saved_env = {name: os.environ.get(name) for name in _TUNE_ENV}
     os.environ.update(_TUNE_ENV, TUNE_MAX_PENDING_TRIALS_PG=str(concurrency))
-    trainable = tune.with_resources(tune.with_parameters(_trainable, job=job),
-                                    options.resources)
+    runnable = tune.with_resources(tune.with_parameters(trainable, job=job), options.resources)
     try:
         with TrialProgress(target=target, quiet=quiet) as progress:
             live.progress = progress
@@ -919,26 +825,37 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
             if restore:
                 try:
                     with _quiet_tune_logs():
-                        tuner = tune.Tuner.restore(str(options.storage_path / experiment),
-                                                   trainable=trainable, resume_unfinished=False,
-                                                   resume_errored=False)
-                except Exception as exc:  # noqa: BLE001 - e.g. killed before Tune saved a state
-                    logger.warning("effscale: cannot restore Ray experiment %s (%s); starting "
-                                   "a new one", experiment, exc)
+                        tuner = tune.Tuner.restore(
+                            str(options.storage_path / experiment),
+                            trainable=runnable,
+                            resume_unfinished=False,
+                            resume_errored=False,
+                        )
+                except Exception as exc:  # e.g. killed before Tune saved a state
+                    logger.warning(
+                        "effscale: cannot restore Ray experiment %s (%s); starting a new one",
+                        experiment,
+                        exc,
+                    )
             if tuner is None:
                 if restore:
                     del _LIVE[experiment]
                     experiment = _new_experiment(pointer)
                     _LIVE[experiment] = live
                 tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(search_alg=EffscaleSearch(experiment),
-                                                scheduler=make_scheduler(d), num_samples=-1,
-                                                reuse_actors=True),
+                    runnable,
+                    tune_config=tune.TuneConfig(
+                        search_alg=EffscaleSearch(experiment),
+                        scheduler=make_scheduler(d),
+                        num_samples=-1,
+                        reuse_actors=True,
+                    ),
                     run_config=tune.RunConfig(
-                        name=experiment, storage_path=str(options.storage_path),
+                        name=experiment,
+                        storage_path=str(options.storage_path),
                         failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                        verbose=0),
+                        verbose=0,
+                    ),
                 )
             _write_pointer(pointer, experiment, settings)
             with _quiet_tune_logs():
@@ -952,13 +869,19 @@ def _run(d: StudyDefinition, location: StorageLocation, study: Any, target: int,
             else:
                 os.environ[name] = value
     if not live.finished:  # Tune stopped on Ctrl-C (or SIGUSR1) and returned
-        print(f"effscale search: stopped; {len(swept)} running trial(s) recorded FAIL; run the "
-              "same command again to go on", file=sys.stderr)
+        print(
+            f"effscale search: stopped; {len(swept)} running trial(s) recorded FAIL; run the "
+            "same command again to go on",
+            file=sys.stderr,
+        )
         raise KeyboardInterrupt
     pointer.unlink(missing_ok=True)
     trials_after = study.get_trials(deepcopy=False)
-    started = len(trials_after) - len(trials_before) + sum(
-        1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
+    started = (
+        len(trials_after)
+        - len(trials_before)
+        + sum(1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
+    )
     return summarize_run(d, location, study, target, started, (), packing)
 
 
@@ -986,8 +909,12 @@ class _quiet_tune_logs:
 
 #: Tune settings of the driver: no per-trial CSV/JSON/TensorBoard files (the Optuna storage holds
 #: the results) and as many pending trials as may run at once
-_TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_MAX_PENDING_TRIALS_PG": "1",
-             "RAY_AIR_NEW_OUTPUT": "0", "TUNE_RESULT_BUFFER_LENGTH": "1",
-             # a trial already finished in the study (told before a restart, or failed for
-             # good) ends without a result: its record is in the study, not in Tune
-             "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+_TUNE_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_MAX_PENDING_TRIALS_PG": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_RESULT_BUFFER_LENGTH": "1",
+    # a trial already finished in the study (told before a restart, or failed for
+    # good) ends without a result: its record is in the study, not in Tune
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
