@@ -16,7 +16,14 @@ from typing import Any
 
 import tomli_w
 
-from .scaling import PAPER_SPEC, PHI_RANGE, ScalingSpec, scale
+from .scaling import (
+    MIN_RESOLUTION,
+    PAPER_SPEC,
+    PHI_RANGE,
+    RESOLUTION_MULTIPLE,
+    ScalingSpec,
+    scale,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -170,7 +177,7 @@ class AnchorConfig:
 class DetectorConfig:
     """A complete EfficientDet architecture.
 
-    ``image_size`` is (height, width) in pixels, each a multiple of 32. Pyramid levels run from
+    ``image_size`` is (height, width) in pixels, each a multiple of 8 (at least 32). Pyramid levels run from
     ``min_level`` to ``max_level`` inclusive (stride ``2**level``); the backbone gives levels up
     to 5, and coarser levels come from downsampling.
     """
@@ -197,9 +204,10 @@ class DetectorConfig:
         size = tuple(size)
         for axis, value in zip(("height", "width"), size):
             _require(
-                _is_int(value) and value >= 32 and value % 32 == 0,
+                _is_int(value) and value >= MIN_RESOLUTION and value % RESOLUTION_MULTIPLE == 0,
                 "image_size",
-                f"{axis} must be a positive multiple of 32 pixels, got {value!r}",
+                f"{axis} must be a multiple of {RESOLUTION_MULTIPLE} pixels, at least "
+                f"{MIN_RESOLUTION}, got {value!r}",
             )
             _require(value <= 4096, "image_size", f"{axis} must be <= 4096 pixels, got {value}")
         object.__setattr__(self, "image_size", size)

@@ -10,6 +10,7 @@ from .bifpn import Bifpn
 from .config import DetectorConfig
 from .fpn_graph import bifpn_graph
 from .heads import PRIOR_PROBABILITY, PredictionHead
+from .scaling import RESOLUTION_MULTIPLE
 
 __all__ = ["EfficientDet", "build_model"]
 
@@ -17,8 +18,8 @@ __all__ = ["EfficientDet", "build_model"]
 class EfficientDet(nn.Module):
     """A detector made of the components passed in.
 
-    ``forward(images)`` takes float images [B, 3, H, W], normalized, with H and W multiples of 32
-    (``config.image_size`` or any other such size), and returns ``(class_logits, box_deltas)``:
+    ``forward(images)`` takes float images [B, 3, H, W], normalized, with H and W multiples of
+    :data:`~.scaling.RESOLUTION_MULTIPLE` (8; ``config.image_size`` or any other such size), and returns ``(class_logits, box_deltas)``:
     two lists with one tensor per level from ``min_level`` to ``max_level``,
     [B, A * num_classes, H_l, W_l] and [B, A * 4, H_l, W_l], where A is anchors per location and
     H_l = ceil(H / 2**l). :func:`effscale.detector.anchors.flatten_outputs` turns them into [B, N, ·].
@@ -44,8 +45,10 @@ class EfficientDet(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected [B, 3, H, W], got {tuple(images.shape)}")
         h, w = images.shape[-2:]
-        if h % 32 or w % 32:
-            raise ValueError(f"images: H and W must be multiples of 32, got {h}x{w}")
+        if h % RESOLUTION_MULTIPLE or w % RESOLUTION_MULTIPLE:
+            raise ValueError(
+                f"images: H and W must be multiples of {RESOLUTION_MULTIPLE}, got {h}x{w}"
+            )
         features = self.fpn(self.backbone(images))
         return self.class_head(features), self.box_head(features)
 

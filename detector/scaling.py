@@ -13,7 +13,8 @@ Conventions
   ``base + step * phi`` (``kind="linear"``, 512 + 128·φ).
 * Legal rounding: channels to a multiple of 8 (timm's ``round_channels`` convention: nearest
   multiple, never more than 10% below the exact value), repeats by ceil and at least 1,
-  resolution to the nearest multiple of 32 and at least 32.
+  resolution to the nearest multiple of 8 and at least 32 (:data:`RESOLUTION_MULTIPLE`; the
+  network and its anchors take any such side, see :mod:`.anchors`).
 
 φ may be fractional or negative; negative φ gives the small proxies used in tests and searches.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 __all__ = [
     "CHANNEL_DIVISOR",
     "RESOLUTION_MULTIPLE",
+    "MIN_RESOLUTION",
     "CompoundCoefficients",
     "BifpnRule",
     "ResolutionRule",
@@ -44,7 +46,10 @@ __all__ = [
 ]
 
 CHANNEL_DIVISOR = 8
-RESOLUTION_MULTIPLE = 32
+#: image sides are multiples of this many pixels (fine enough that γ moves a proxy's resolution)
+RESOLUTION_MULTIPLE = 8
+#: the smallest image side, in pixels
+MIN_RESOLUTION = 32
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -85,8 +90,9 @@ def round_repeats(repeats: float, multiplier: float = 1.0) -> int:
 
 
 def round_resolution(pixels: float, multiple: int = RESOLUTION_MULTIPLE) -> int:
-    """Round a side length in pixels to the nearest multiple of ``multiple`` (at least one)."""
-    return max(multiple, int(round(pixels / multiple)) * multiple)
+    """Round a side length in pixels to the nearest multiple of ``multiple``, at least
+    :data:`MIN_RESOLUTION` (32) pixels."""
+    return max(MIN_RESOLUTION, int(round(pixels / multiple)) * multiple)
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,7 @@ class ResolutionRule:
 
     ``kind="linear"``: ``base + step * phi`` (the EfficientDet paper: 512 + 128·φ).
     ``kind="compound"``: ``base * gamma**phi`` with gamma from :class:`CompoundCoefficients`.
-    Both are rounded to a multiple of 32.
+    Both are rounded to a multiple of :data:`RESOLUTION_MULTIPLE` (8) pixels, at least 32.
     """
 
     kind: str = "linear"
@@ -211,7 +217,7 @@ class ResolutionRule:
         )
 
     def resolution(self, phi: float, gamma: float) -> int:
-        """Side length in pixels at ``phi``, a multiple of 32."""
+        """Side length in pixels at ``phi``, a multiple of :data:`RESOLUTION_MULTIPLE`."""
         if self.kind == "linear":
             return round_resolution(self.base + self.step * phi)
         return round_resolution(self.base * gamma**phi)
@@ -247,7 +253,7 @@ class ScalingSpec:
 class ScaledDimensions:
     """The legal dimensions of one family member.
 
-    Multipliers are dimensionless, ``resolution`` is in pixels (a multiple of 32),
+    Multipliers are dimensionless, ``resolution`` is in pixels (a multiple of 8),
     ``bifpn_channels`` in channels (a multiple of 8), repeats are counts (>= 1).
     """
 

@@ -38,7 +38,7 @@ from them), so ``backbone_args`` cannot carry other multipliers: it fails with "
 values for keyword argument". A member is therefore expressible when its backbone *decodes to the
 same layers* as a registered ``tf_efficientnet_bN`` (e.g. the paper's ``beta**2``, ``alpha**2``
 = (1.21, 1.44) decodes exactly to B3's layers). Everything else maps: fusion ``fastattn``/``attn``
-/``sum`` to ``fpn_name`` ``bifpn_fa``/``bifpn_attn``/``bifpn_sum``, and any multiple of 32 pixels
+/``sum`` to ``fpn_name`` ``bifpn_fa``/``bifpn_attn``/``bifpn_sum``, and any multiple of 8 pixels
 as ``image_size`` (effdet derives feature sizes by ceil halving as we do; its outputs at 96, 160,
 288 and 320 px have our shapes). A member effdet cannot express is listed with
 ``effdet_unsupported`` reasons instead of a broken file.

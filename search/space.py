@@ -198,7 +198,7 @@ def solve_gamma(
     """The gamma in ``[low, high]`` whose ratio is closest to ``target``, by bisection.
 
     ``ratio_of`` must be non-decreasing in gamma; it may be piecewise constant (the measured MACs
-    ratio is: the resolution rounds to multiples of 32). Bisection brackets the step where the
+    ratio is: the resolution rounds to multiples of 8). Bisection brackets the step where the
     ratio crosses ``target`` to within ``tolerance`` and returns the bracket end whose ratio is
     nearer. Outside the reachable range it returns the nearer bound.
     """

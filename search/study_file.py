@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from effscale.detector.config import FUSION_METHODS, PRESET_NAMES, preset
-from effscale.detector.scaling import PHI_RANGE, BifpnRule
+from effscale.detector.scaling import PHI_RANGE, RESOLUTION_MULTIPLE, BifpnRule, round_resolution
 
 from .definition import (
     BACKENDS,
@@ -243,11 +243,11 @@ def _read_base(table: _Table) -> BaseSection:
             "use a small negative value such as -2 for a cheap proxy",
         )
     resolution = table.int("resolution", None, low=32, high=4096)
-    if resolution is not None and resolution % 32:
+    if resolution is not None and resolution % RESOLUTION_MULTIPLE:
         raise _KeyError(
             table.key("resolution"),
-            f"must be a multiple of 32 pixels, got {resolution}",
-            f"use {max(32, round(resolution / 32) * 32)}",
+            f"must be a multiple of {RESOLUTION_MULTIPLE} pixels, got {resolution}",
+            f"use {round_resolution(resolution)}",
         )
     num_classes = table.int("num_classes", None, low=1)
     fusion_default = "fastattn"

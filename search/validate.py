@@ -16,7 +16,7 @@ proxy_dimensions`) is scaled five ways and each is trained with the study's ``[t
 * ``depth``: backbone repeats by ``alpha**phi`` and BiFPN cells by ``D0 * alpha**phi`` (ceil),
   widths and resolution at the proxy's; ``alpha`` solved. Head depth stays at the proxy's
   (its rule is a step every 3 φ, which the found and paper models do not reach below φ = 3).
-* ``resolution``: input side ``R0 * gamma**phi`` (multiple of 32), the rest at the proxy's;
+* ``resolution``: input side ``R0 * gamma**phi`` (multiple of 8), the rest at the proxy's;
   ``gamma`` solved.
 
 Each solved coefficient comes from bisection on measured MACs (:func:`detector.complexity.

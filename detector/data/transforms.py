@@ -94,7 +94,7 @@ class ResizePad:
     ``scale_in / r`` so that ``original_boxes = boxes * scale``.
 
     Args:
-        size: output ``(H, W)`` in pixels (an int means square); the detector needs multiples of 32.
+        size: output ``(H, W)`` in pixels (an int means square); the detector needs multiples of 8.
     """
 
     def __init__(self, size: tuple[int, int] | int) -> None:
@@ -143,7 +143,7 @@ class TrainTransform:
     calls :meth:`reseed` in every worker so that workers draw different streams.
 
     Args:
-        size: output ``(H, W)`` in pixels (an int means square); the detector needs multiples of 32.
+        size: output ``(H, W)`` in pixels (an int means square); the detector needs multiples of 8.
         scale_range: ``(low, high)`` multipliers of the fit-inside ratio, ``0 < low <= high``.
         hflip_prob: probability of a horizontal flip, in ``[0, 1]``.
         seed: seed of the random stream.

@@ -41,7 +41,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, allow_config: bool = 
     group.add_argument("--bifpn-depth-step", type=float, default=1.0, help="BiFPN cells per φ")
     group.add_argument("--head-depth", type=int, default=3, help="head convs at φ=0")
     group.add_argument("--fusion", choices=("fastattn", "attn", "sum"), default="fastattn")
-    group.add_argument("--image-size", help="override the input size: 512 or HxW (multiples of 32)")
+    group.add_argument("--image-size", help="override the input size: 512 or HxW (multiples of 8)")
     parser.add_argument(
         "--num-classes", type=int, default=90, help="number of classes (default 90)"
     )

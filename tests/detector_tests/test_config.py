@@ -71,7 +71,7 @@ def test_from_scaling_builds_the_spec_at_phi():
         (lambda: FpnConfig(repeats=0), "fpn.repeats", r"\[1, 32\]"),
         (lambda: HeadConfig(repeats=0), "head.repeats", r"\[1, 16\]"),
         (lambda: FpnConfig(fusion="max"), "fpn.fusion", "fastattn, attn, sum"),
-        (lambda: DetectorConfig(image_size=(500, 512)), "image_size", "multiple of 32"),
+        (lambda: DetectorConfig(image_size=(500, 512)), "image_size", "multiple of 8"),
         (lambda: DetectorConfig(num_classes=0), "num_classes", r"\[1, 100000\]"),
         (lambda: AnchorConfig(anchor_scale=0), "anchors.anchor_scale", r"\(0, 64\]"),
         (lambda: preset("d9"), "preset", "d0, d1"),

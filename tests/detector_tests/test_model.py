@@ -64,9 +64,9 @@ def test_forward_shapes_every_level(size):
         assert tuple(b.shape) == (2, 9 * 4, eh, ew)
 
 
-def test_forward_rejects_sizes_that_are_not_multiples_of_32():
+def test_forward_rejects_sizes_that_are_not_multiples_of_8():
     model = build_model(from_scaling(PAPER_SPEC, -3, num_classes=2, image_size=(64, 64)))
-    with pytest.raises(ValueError, match="multiples of 32"):
+    with pytest.raises(ValueError, match="multiples of 8"):
         model(torch.randn(1, 3, 64, 70))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model(torch.randn(3, 64, 64))

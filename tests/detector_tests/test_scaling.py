@@ -64,10 +64,10 @@ def test_round_repeats_is_ceil_and_at_least_one():
     assert round_repeats(4, 0.5) == 2
 
 
-def test_round_resolution_to_multiple_of_32():
+def test_round_resolution_to_multiple_of_8():
     assert round_resolution(512) == 512
-    assert round_resolution(588.8) == 576
-    assert round_resolution(600) == 608
+    assert round_resolution(588.8) == 592
+    assert round_resolution(603) == 600 and round_resolution(605) == 608
     assert round_resolution(3) == 32
 
 

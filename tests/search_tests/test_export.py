@@ -178,7 +178,7 @@ def test_manifest_and_tables(tmp_path):
         assert config.num_classes == 20 and config.name == name
         assert meta["_file"] == f"{name}.json" and meta["num_params"] == cost.params
         assert meta["_ops"] == pytest.approx(cost.macs / 1e9, abs=1e-6)
-        assert meta["min_size"] == [round(512 * 1.12**phi / 32) * 32] * 2
+        assert meta["min_size"] == [round(512 * 1.12**phi / 8) * 8] * 2
     rows = list(csv.DictReader((out / "family.csv").read_text().splitlines()))
     assert list(rows[0]) == [
         "name",

@@ -8,6 +8,7 @@ import math
 import optuna
 import pytest
 
+from effscale.detector.scaling import RESOLUTION_MULTIPLE
 from effscale.search.family import build_configs, proxy_dimensions
 from effscale.search.objective import Objective
 from effscale.search.space import (
@@ -126,9 +127,9 @@ def test_measured_solve_picks_the_nearest_legal_resolution():
         measured_ratio=objective.measured_ratio,
     )
     r0 = proxy_dimensions(d.base).resolution
-    # every legal phi=1 resolution reachable with gamma in [1, 1.6]: 384, 416, ..., 608
+    # every legal phi=1 resolution reachable with gamma in [1, 1.6]: 384, 392, ..., 608
     ratios = {}
-    for r1 in range(r0, int(r0 * 1.6) + 1, 32):
+    for r1 in range(r0, int(r0 * 1.6) + 1, RESOLUTION_MULTIPLE):
         candidate = point.candidate().__class__(1.2, 1.1, r1 / r0, 1.35, 1.0, "fastattn")
         ratios[r1] = objective.measured_ratio(candidate)
     nearest = min(ratios, key=lambda r: abs(ratios[r] - 2.0))

@@ -220,7 +220,7 @@ def _bad_value(draw, data: dict) -> tuple[str, str, str]:
         ),
         (
             ("base", "resolution"),
-            draw(st.integers(33, 4000).filter(lambda r: r % 32)),
+            draw(st.integers(33, 4000).filter(lambda r: r % 8)),
             "base.resolution",
         ),
         (("base", "preset"), draw(st.sampled_from(["d8", "D0", "b0"])), "base.preset"),
