@@ -13,8 +13,8 @@ import pytest
 from effscale.detector.complexity import count_complexity
 from effscale.detector.config import config_from_dict, from_scaling
 from effscale.search.cli import main
-from effscale.search.output import MARKER
 from effscale.search.family import build_configs, family_spec
+from effscale.search.output import MARKER
 from effscale.search.runners.optuna_runner import run_study
 from effscale.search.space import CandidatePoint
 from effscale.search.study_file import load_study_file
