@@ -17,7 +17,7 @@ from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 
-from .config import BackboneConfig
+from .config import PADDINGS, BackboneConfig
 from .scaling import round_channels
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "BlockSpec",
     "decode_backbone",
     "feature_channels",
+    "efficientnet_features",
     "EfficientNetBackbone",
 ]
 
@@ -101,30 +102,47 @@ def feature_channels(config: BackboneConfig) -> dict[int, int]:
     return {level: last[stage] for level, stage in _FEATURE_STAGES.items()}
 
 
+def efficientnet_features(
+    config: BackboneConfig, *, padding: str = "symmetric", out_indices: tuple[int, ...] = (2, 3, 4)
+) -> EfficientNetFeatures:
+    """timm's ``EfficientNetFeatures`` for ``config``: the B0 table under the multipliers, swish,
+    TF BatchNorm defaults, and ``padding`` for every convolution (``"same"``: timm's TF "same"
+    padding, as ``tf_efficientnet_b*``; ``"symmetric"``: ``kernel // 2`` per side). Indices
+    2, 3, 4 of ``out_indices`` are the stride-8, -16 and -32 features. This is the one builder of
+    the backbone: :class:`EfficientNetBackbone` and the timm model that
+    :mod:`effscale.detector.timm_backbone` registers both call it."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding: must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    block_args = decode_arch_def(
+        [list(row) for row in EFFICIENTNET_B0_ARCH], config.depth_multiplier, depth_trunc="ceil"
+    )
+    return EfficientNetFeatures(
+        block_args,
+        out_indices=out_indices,
+        stem_size=STEM_CHANNELS,
+        pad_type="same" if padding == "same" else "",
+        round_chs_fn=partial(round_channels, multiplier=config.width_multiplier),
+        act_layer=nn.SiLU,
+        norm_layer=partial(nn.BatchNorm2d, eps=BN_EPS, momentum=BN_MOMENTUM),
+        drop_path_rate=config.drop_path_rate,
+    )
+
+
 class EfficientNetBackbone(nn.Module):
     """EfficientNet features at strides 8, 16 and 32.
 
     Input: float images [B, 3, H, W] (normalized). Output: a list of three tensors
     [B, C_l, ceil(H / 2**l), ceil(W / 2**l)] for l = 3, 4, 5, with ``C_l`` from
-    :func:`feature_channels`. Convolutions use symmetric padding (PyTorch-native, fast); for
-    inputs that are multiples of 32 the feature sizes equal TF "same" padding's.
+    :func:`feature_channels`. ``padding`` (:data:`~.config.PADDINGS`): ``"same"`` pads stride-2
+    convolutions as TensorFlow does (effdet's ``tf_`` models); ``"symmetric"`` pads ``kernel //
+    2`` per side (PyTorch-native, no extra pad op). The feature sizes are the same.
     """
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: BackboneConfig, *, padding: str = "symmetric") -> None:
         super().__init__()
-
-        block_args = decode_arch_def(
-            [list(row) for row in EFFICIENTNET_B0_ARCH], config.depth_multiplier, depth_trunc="ceil"
-        )
-        self.body = EfficientNetFeatures(
-            block_args,
-            out_indices=(2, 3, 4),
-            stem_size=STEM_CHANNELS,
-            round_chs_fn=partial(round_channels, multiplier=config.width_multiplier),
-            act_layer=nn.SiLU,
-            norm_layer=partial(nn.BatchNorm2d, eps=BN_EPS, momentum=BN_MOMENTUM),
-            drop_path_rate=config.drop_path_rate,
-        )
+        self.config = config
+        self.padding = padding
+        self.body = efficientnet_features(config, padding=padding)
         self.channels = tuple(self.body.feature_info.channels())
         expected = tuple(feature_channels(config).values())
         if self.channels != expected:  # the decoded table and timm disagree: a builder change

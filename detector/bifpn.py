@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import FUSION_METHODS
 from .fpn_graph import FpnGraph, FpnNode
-from .layers import ConvBn, SeparableConv, batch_norm, resize_to
+from .layers import ConvBn, SeparableConv, batch_norm, max_pool_down, resize_to
 
 __all__ = ["FUSION_EPS", "FusionNode", "BifpnCell", "ExtraLevels", "Bifpn", "extra_level_sizes"]
 
@@ -35,16 +35,23 @@ class FusionNode(nn.Module):
 
     ``fusion``: ``fastattn`` (relu(w) / (sum relu(w) + 1e-4)), ``attn`` (softmax(w)) or ``sum``.
     Inputs whose channels differ from ``channels`` get their own 1x1 conv + BN (``in_channels``
-    gives the channels of each input; ``None`` means already ``channels``).
+    gives the channels of each input; ``None`` means already ``channels``). Finer inputs are
+    max-pooled with ``padding`` (:func:`~.layers.max_pool_down`).
     """
 
     def __init__(
-        self, num_inputs: int, channels: int, fusion: str, in_channels: tuple[int, ...]
+        self,
+        num_inputs: int,
+        channels: int,
+        fusion: str,
+        in_channels: tuple[int, ...],
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         if fusion not in FUSION_METHODS:
             raise ValueError(f"fusion: must be one of {', '.join(FUSION_METHODS)}, got {fusion!r}")
         self.fusion = fusion
+        self.padding = padding
         self.weight = nn.Parameter(torch.ones(num_inputs)) if fusion != "sum" else None
         self.input_convs = nn.ModuleList(
             ConvBn(c, channels) if c != channels else nn.Identity() for c in in_channels
@@ -53,7 +60,7 @@ class FusionNode(nn.Module):
         self.bn = batch_norm(channels)
 
     def forward(self, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        maps = [resize_to(conv(x), size) for conv, x in zip(self.input_convs, inputs)]
+        maps = [resize_to(conv(x), size, self.padding) for conv, x in zip(self.input_convs, inputs)]
         if self.weight is None:  # "sum" fusion has no weights
             fused = torch.stack(maps, dim=-1).sum(dim=-1)
         else:
@@ -74,14 +81,23 @@ class BifpnCell(nn.Module):
     """
 
     def __init__(
-        self, graph: FpnGraph, channels: int, fusion: str, in_channels: tuple[int, ...]
+        self,
+        graph: FpnGraph,
+        channels: int,
+        fusion: str,
+        in_channels: tuple[int, ...],
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         self.graph = graph
         all_channels = list(in_channels) + [channels] * len(graph.nodes)
         self.nodes = nn.ModuleList(
             FusionNode(
-                len(node.inputs), channels, fusion, tuple(all_channels[i] for i in node.inputs)
+                len(node.inputs),
+                channels,
+                fusion,
+                tuple(all_channels[i] for i in node.inputs),
+                padding,
             )
             for node in graph.nodes
         )
@@ -99,11 +115,15 @@ class BifpnCell(nn.Module):
 
 class ExtraLevels(nn.Module):
     """Levels above the backbone's last: the first from a 1x1 conv + BN (if the channels differ)
-    and a stride-2 max-pool of the last backbone map, the others by further max-pooling."""
+    and a stride-2 max-pool of the last backbone map, the others by further max-pooling (both
+    with ``padding``, see :func:`~.layers.max_pool_down`)."""
 
-    def __init__(self, in_channels: int, channels: int, num_levels: int) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, num_levels: int, padding: str = "symmetric"
+    ) -> None:
         super().__init__()
         self.num_levels = num_levels
+        self.padding = padding
         needs_conv = num_levels > 0 and in_channels != channels
         self.conv = ConvBn(in_channels, channels) if needs_conv else nn.Identity()
 
@@ -111,7 +131,7 @@ class ExtraLevels(nn.Module):
         out = []
         x = self.conv(last)
         for _ in range(self.num_levels):
-            x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+            x = max_pool_down(x, self.padding)
             out.append(x)
         return out
 
@@ -119,7 +139,8 @@ class ExtraLevels(nn.Module):
 class Bifpn(nn.Module):
     """Backbone levels ``min_level``..5 plus extra levels up to ``max_level``, then ``repeats``
     cells. Input: maps for levels 3, 4, 5 ([B, C_l, H_l, W_l]). Output: ``max_level - min_level
-    + 1`` maps [B, channels, H_l, W_l], ascending level."""
+    + 1`` maps [B, channels, H_l, W_l], ascending level. ``padding`` is the max-pools' (see
+    :func:`~.layers.max_pool_down`)."""
 
     def __init__(
         self,
@@ -129,6 +150,7 @@ class Bifpn(nn.Module):
         repeats: int,
         fusion: str,
         backbone_channels: dict[int, int],
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         self.min_level = graph.min_level
@@ -136,12 +158,16 @@ class Bifpn(nn.Module):
         backbone_levels = [lvl for lvl in sorted(backbone_channels) if lvl >= self.min_level]
         top = min(backbone_levels[-1], self.max_level)
         self._backbone_levels = [lvl for lvl in backbone_levels if lvl <= top]
-        self.extra = ExtraLevels(backbone_channels[top], channels, self.max_level - top)
+        self.extra = ExtraLevels(backbone_channels[top], channels, self.max_level - top, padding)
         in_channels = tuple(backbone_channels[lvl] for lvl in self._backbone_levels)
         in_channels += (channels,) * (self.max_level - top)
         self.cells = nn.ModuleList(
             BifpnCell(
-                graph, channels, fusion, in_channels if i == 0 else (channels,) * graph.num_levels
+                graph,
+                channels,
+                fusion,
+                in_channels if i == 0 else (channels,) * graph.num_levels,
+                padding,
             )
             for i in range(repeats)
         )

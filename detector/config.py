@@ -32,6 +32,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "FUSION_METHODS",
+    "PADDINGS",
     "BackboneConfig",
     "FpnConfig",
     "HeadConfig",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 FUSION_METHODS = ("fastattn", "attn", "sum")
+#: ``DetectorConfig.padding``: ``"same"`` is TensorFlow's (the official release, effdet's ``tf_``
+#: models); ``"symmetric"`` pads every side by ``kernel // 2`` (PyTorch-native)
+PADDINGS = ("same", "symmetric")
 
 
 def _require(condition: bool, field_name: str, message: str) -> None:
@@ -180,6 +184,13 @@ class DetectorConfig:
     ``image_size`` is (height, width) in pixels, each a multiple of 8 (at least 32). Pyramid levels run from
     ``min_level`` to ``max_level`` inclusive (stride ``2**level``); the backbone gives levels up
     to 5, and coarser levels come from downsampling.
+
+    ``padding`` is how stride-2 convolutions and max-pools pad (:data:`PADDINGS`): ``"same"`` is
+    TensorFlow's, as in the official release and effdet's ``tf_`` models (whose weights then
+    load with equal outputs); ``"symmetric"`` pads ``kernel // 2`` on every side. Both give the
+    same feature sizes, parameters and MACs. :func:`preset` and :func:`from_scaling` give
+    ``"same"``; the field's default, ``"symmetric"``, is what a config file or checkpoint written
+    before the key existed was built with, so that it loads unchanged.
     """
 
     name: str = "custom"
@@ -191,6 +202,7 @@ class DetectorConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     num_classes: int = 90
+    padding: str = "symmetric"
 
     def __post_init__(self) -> None:
         size: Any = self.image_size
@@ -230,6 +242,11 @@ class DetectorConfig:
             _is_int(self.num_classes) and 1 <= self.num_classes <= 100000,
             "num_classes",
             f"must be an integer in [1, 100000], got {self.num_classes!r}",
+        )
+        _require(
+            self.padding in PADDINGS,
+            "padding",
+            f"must be one of {', '.join(PADDINGS)}, got {self.padding!r}",
         )
         for name, kind in (
             ("backbone", BackboneConfig),
@@ -352,7 +369,8 @@ PRESET_NAMES = tuple(_OFFICIAL)
 
 
 def preset(name: str, *, num_classes: int = 90) -> DetectorConfig:
-    """The official EfficientDet ``d0`` .. ``d7`` architecture (google/automl release)."""
+    """The official EfficientDet ``d0`` .. ``d7`` architecture (google/automl release), with its
+    TF ``"same"`` padding."""
     key = name.lower() if isinstance(name, str) else name
     if key not in _OFFICIAL:
         raise ValueError(
@@ -367,6 +385,7 @@ def preset(name: str, *, num_classes: int = 90) -> DetectorConfig:
         head=HeadConfig(repeats=head),
         anchors=AnchorConfig(anchor_scale=anchor_scale),
         num_classes=num_classes,
+        padding="same",
     )
 
 
@@ -387,13 +406,15 @@ def from_scaling(
     min_level: int = 3,
     max_level: int = 7,
     anchors: AnchorConfig | None = None,
+    padding: str = "same",
 ) -> DetectorConfig:
     """The detector that ``spec`` gives at compound coefficient ``phi``.
 
     Instead of a ``spec``, plain coefficients may be given: ``from_scaling(phi=1, alpha=1.2,
     beta=1.1)`` is the paper's spec (:data:`~.scaling.PAPER_SPEC`: BiFPN and resolution rules)
     with those coefficients; an unset one keeps the paper's value. ``image_size`` overrides the
-    spec's square resolution (pixels).
+    spec's square resolution (pixels). ``padding`` defaults to the official ``"same"``, so that
+    the paper's spec at φ = 0 is the D0 preset itself.
     """
     given = {k: v for k, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)) if v is not None}
     if spec is None:
@@ -421,4 +442,5 @@ def from_scaling(
         head=HeadConfig(repeats=dims.head_repeats),
         anchors=anchors or AnchorConfig(),
         num_classes=num_classes,
+        padding=padding,
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbone import BN_EPS, BN_MOMENTUM
 
-__all__ = ["SeparableConv", "ConvBn", "batch_norm", "resize_to"]
+__all__ = ["SeparableConv", "ConvBn", "batch_norm", "max_pool_down", "resize_to"]
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -17,7 +19,11 @@ def batch_norm(channels: int) -> nn.BatchNorm2d:
 
 
 class SeparableConv(nn.Module):
-    """Depthwise 3x3 (no bias) then pointwise 1x1 (with bias): [B, C_in, H, W] -> [B, C_out, H, W]."""
+    """Depthwise 3x3 (no bias) then pointwise 1x1 (with bias): [B, C_in, H, W] -> [B, C_out, H, W].
+
+    It pads one pixel on every side, which at stride 1 is also TF "same" padding: the BiFPN and
+    heads are the same for both :data:`~.config.PADDINGS`.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -42,18 +48,35 @@ class ConvBn(nn.Module):
         return self.bn(self.conv(x))
 
 
-def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def max_pool_down(x: torch.Tensor, padding: str = "symmetric") -> torch.Tensor:
+    """3x3 max-pooling with stride 2: [B, C, h, w] -> [B, C, ceil(h / 2), ceil(w / 2)].
+
+    ``padding="symmetric"`` pads one pixel on every side; ``"same"`` pads as TensorFlow does
+    (effdet's ``MaxPool2dSame``): ``max(2 * ceil(n / 2) + 1 - n, 0)`` pixels per axis, the odd
+    one at the end, so an even side is padded only after its last pixel. Padding is ``-inf``, so
+    it never wins the max.
+    """
+    if padding == "symmetric":
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    h, w = x.shape[-2:]
+    pad_h = max(2 * ((h + 1) // 2) + 1 - h, 0)
+    pad_w = max(2 * ((w + 1) // 2) + 1 - w, 0)
+    x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=-math.inf)
+    return F.max_pool2d(x, kernel_size=3, stride=2)
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int], padding: str = "symmetric") -> torch.Tensor:
     """Resample [B, C, h, w] to exactly [B, C, *size].
 
-    Coarser targets use 3x3 max-pooling with stride 2 (padding 1, so odd sizes round up), repeated
-    while the map is at least twice the target; any remaining mismatch, and all upsampling, uses
-    nearest-neighbour interpolation to the exact size, so non-square inputs and sizes that are not
-    powers of two come out right.
+    Coarser targets use :func:`max_pool_down` (3x3, stride 2, ``padding``; odd sizes round up),
+    repeated while the map is at least twice the target; any remaining mismatch, and all
+    upsampling, uses nearest-neighbour interpolation to the exact size, so non-square inputs and
+    sizes that are not powers of two come out right.
     """
     h, w = x.shape[-2:]
     th, tw = size
     while h >= 2 * th - 1 and w >= 2 * tw - 1 and (h, w) != (th, tw):
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        x = max_pool_down(x, padding)
         h, w = x.shape[-2:]
     if (h, w) != (th, tw):
         x = F.interpolate(x, size=(th, tw), mode="nearest")

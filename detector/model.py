@@ -57,13 +57,14 @@ def build_model(config: DetectorConfig) -> EfficientDet:
     """Build the EfficientDet that ``config`` describes (weights randomly initialized)."""
     levels = config.max_level - config.min_level + 1
     num_anchors = config.anchors.num_anchors
-    backbone = EfficientNetBackbone(config.backbone)
+    backbone = EfficientNetBackbone(config.backbone, padding=config.padding)
     fpn = Bifpn(
         graph=bifpn_graph(config.min_level, config.max_level),
         channels=config.fpn.channels,
         repeats=config.fpn.repeats,
         fusion=config.fpn.fusion,
         backbone_channels=feature_channels(config.backbone),
+        padding=config.padding,
     )
     class_head = PredictionHead(
         channels=config.fpn.channels,

@@ -16,6 +16,7 @@ import os
 import random
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,21 +37,24 @@ from torch.utils.data import DataLoader, Subset
 from .anchors import cached_anchors
 from .config import DetectorConfig, config_from_dict
 from .data import (
+    CocoSplit,
     DeviceAugment,
     DeviceCache,
     ResizePad,
     TrainTransform,
     cache_nbytes,
     collate_detection,
-    load_split,
+    locate_split,
     make_loader,
     normalize,
+    open_split,
     padded_object_count,
 )
 from .ema import WeightEma
 from .evaluate import METRIC_NAMES, evaluate_model
 from .loss import DetectionLoss
 from .model import build_model
+from .pretrained import check_pretrained_fits, load_pretrained_backbone
 from .train_step import DivergedError, LossMonitor, StepOptions, TrainStep, make_optimizer
 
 __all__ = [
@@ -70,6 +74,12 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_NAME = "checkpoint.pt"
+#: the largest budgets a training accepts: more is a typo (or ``inf``), not a proxy run
+MAX_EPOCHS = 100_000
+MAX_STEPS = 1_000_000_000
+MAX_SECONDS = 30 * 24 * 3600.0
+#: what every effscale checkpoint holds, and its type
+CHECKPOINT_KEYS: dict[str, type] = {"config": dict, "model": dict, "step": int, "epoch": int}
 #: ``DataSettings.cache`` values
 DATA_CACHES = ("auto", "device", "off")
 #: ``cache="auto"`` keeps the training split on a CUDA device when it needs at most this
@@ -88,22 +98,41 @@ def _require(condition: bool, name: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """Where the data is: a dataset folder with ``train/`` and ``val/`` splits (see
-    :func:`effscale.detector.data.split_paths`), optional subsets (images, fixed seed) and loader workers.
+    """Where the data is: a dataset folder ``dir`` with ``train/`` and ``val/`` splits (see
+    :func:`effscale.detector.data.split_paths`), or a split given where it lies, ``train`` /
+    ``val`` as :class:`effscale.detector.data.CocoSplit` (an annotation file and an image
+    folder; a split given so is used instead of ``dir``'s); optional subsets (images, fixed seed)
+    and loader workers.
 
     ``cache``: ``"device"`` decodes the training split once into device memory and augments it
     there (:class:`effscale.detector.data.DeviceCache`): no loader, no host-to-device copies per step.
     ``"off"`` uses a DataLoader with PIL augmentation. ``"auto"``: the device cache on CUDA when
     it needs at most ``DEVICE_CACHE_FRACTION`` of the device's memory, else the DataLoader."""
 
-    dir: Path
+    dir: Path | None = None
     train_subset: int | None = None
     val_subset: int | None = None
     num_workers: int = 0
     cache: str = "auto"
+    train: CocoSplit | None = None
+    val: CocoSplit | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dir", Path(self.dir))
+        if self.dir is not None:
+            object.__setattr__(self, "dir", Path(self.dir))
+        for split in ("train", "val"):
+            files = getattr(self, split)
+            _require(
+                files is None or isinstance(files, CocoSplit),
+                f"data.{split}",
+                f"must be a CocoSplit(annotations=..., images=...) or None, got {files!r}",
+            )
+            _require(
+                files is not None or self.dir is not None,
+                f"data.{split}",
+                "has no location; give dir (a dataset folder) or "
+                f"{split}=CocoSplit(annotations=..., images=...)",
+            )
         for name in ("train_subset", "val_subset"):
             value = getattr(self, name)
             _require(
@@ -121,6 +150,12 @@ class DataSettings:
             "data.cache",
             f"must be one of {', '.join(DATA_CACHES)}, got {self.cache!r}",
         )
+
+    def split_files(self, split: str) -> CocoSplit:
+        """The annotation file and image folder of ``split`` (``"train"`` or ``"val"``): the
+        split given, else its folder under ``dir``. Raises
+        :class:`effscale.detector.data.DataError` when they are missing."""
+        return locate_split(split, data_dir=self.dir, files=getattr(self, split, None))
 
 
 @dataclass(frozen=True)
@@ -148,6 +183,11 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 0
     eval_every_epoch: bool = True
+    #: also evaluate the freshly initialized model once before training (the floor to clear)
+    eval_untrained: bool = False
+    #: ImageNet weights for the backbone: a timm EfficientNet name or a state-dict file
+    #: (:mod:`effscale.detector.pretrained`); None starts from random weights
+    pretrained: str | None = None
     # the speed levers, flat so that they are plain [train] keys; StepOptions owns the defaults
     cuda_graph: bool | str = StepOptions.cuda_graph
     compile: str = StepOptions.compile
@@ -165,17 +205,35 @@ class TrainSettings:
             "train",
             f"give exactly one budget of epochs, steps or seconds, got {', '.join(budgets)}",
         )
-        for name in ("epochs", "seconds"):
+        for name, cap in (("epochs", MAX_EPOCHS), ("seconds", MAX_SECONDS)):
             value = getattr(self, name)
             _require(
-                value is None or (isinstance(value, (int, float)) and value > 0),
+                value is None
+                or (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and 0 < value <= cap
+                ),
                 f"train.{name}",
-                f"must be > 0, got {value!r}",
+                f"must be a finite number in (0, {cap:g}], got {value!r}",
             )
         _require(
-            self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+            self.steps is None
+            or (
+                isinstance(self.steps, int)
+                and not isinstance(self.steps, bool)
+                and 1 <= self.steps <= MAX_STEPS
+            ),
             "train.steps",
-            f"must be an integer >= 1, got {self.steps!r}",
+            f"must be an integer in [1, {MAX_STEPS:,}], got {self.steps!r}",
+        )
+        _require(
+            isinstance(self.seed, int)
+            and not isinstance(self.seed, bool)
+            and 0 <= self.seed < 2**31,
+            "train.seed",
+            f"must be an integer in [0, 2^31), got {self.seed!r}",
         )
         _require(
             isinstance(self.batch_size, int) and self.batch_size >= 2,
@@ -218,6 +276,11 @@ class TrainSettings:
             f"must be in (0, 1], got {self.bn_momentum!r}",
         )
         object.__setattr__(self, "scale_jitter", tuple(self.scale_jitter))
+        _require(
+            self.pretrained is None or (isinstance(self.pretrained, str) and self.pretrained != ""),
+            "train.pretrained",
+            f"must be a timm model name or a weights file, got {self.pretrained!r}",
+        )
         _ = self.step_options  # validates the speed levers
 
     @property
@@ -253,6 +316,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: str | None = None
     levers: dict[str, str] = field(default_factory=dict)
+    #: the metrics of the model before its first step (``TrainSettings.eval_untrained``)
+    untrained_metrics: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``metrics.json``."""
@@ -265,19 +330,41 @@ class TrainResult:
             "history": self.history,
             "checkpoint": self.checkpoint,
             "levers": self.levers,
+            "untrained_metrics": self.untrained_metrics,
         }
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None → ``cuda`` when available, else ``cpu``; anything else as given."""
+    """``auto``/None → ``cuda`` when available, else ``cpu``; anything else as given. A string
+    that names no torch device, or a device this machine does not have, is a one-line
+    ``ValueError`` naming ``device``."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
         raise ValueError(
-            "device: cuda was asked for but no CUDA device is available; use --device cpu"
+            f"device: {device!r} is not a device; use --device auto, cpu, cuda or cuda:N"
+        ) from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "device: cuda was asked for but no CUDA device is available; use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device: {resolved} does not exist (this machine has {count} CUDA device(s)); "
+                f"use cuda:0..cuda:{count - 1}"
+            )
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("device: mps is not available here; use --device cpu")
+    elif resolved.type != "cpu":
+        raise ValueError(
+            f"device: {resolved.type} is not supported for training; use --device cpu or cuda"
         )
-    return device
+    return resolved
 
 
 def _seed_everything(seed: int) -> None:
@@ -350,13 +437,64 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def _check_archive(path: Path) -> None:
+    """The zip archive of a ``torch.save`` file, every member's CRC-32 checked: flipped bytes
+    in a tensor load without any error otherwise (``torch.load`` does not verify them)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({reason}); delete it or use an earlier one"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: {bad} fails its CRC check (damaged bytes); delete it "
+            "or use an earlier one"
+        )
+
+
+def _check_state(path: Path, state: Any) -> None:
+    """Refuse a loaded checkpoint without the keys :data:`CHECKPOINT_KEYS` (of their types) or
+    with a non-finite value in a floating-point tensor of its weights."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not an effscale checkpoint (not a dict)")
+    for key, kind in CHECKPOINT_KEYS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            problem = "is missing" if key not in state else f"is {type(value).__name__}"
+            raise CheckpointError(
+                f"checkpoint {path} is not a complete effscale checkpoint ({key!r} {problem}, "
+                f"expected {kind.__name__}); use a checkpoint written by effscale train"
+            )
+    for part in ("model", "ema"):
+        weights = state.get(part)
+        if not isinstance(weights, dict):
+            continue
+        for name, tensor in weights.items():
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor).all())
+            ):
+                raise CheckpointError(
+                    f"checkpoint {path} holds non-finite weights ({part} {name} has NaN or inf): "
+                    "the training diverged before it was saved; use an earlier checkpoint"
+                )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (never unpickles arbitrary objects)."""
+    """Read a checkpoint with ``weights_only=True`` (never unpickles arbitrary objects), after
+    checking its archive (every member's CRC-32) and before handing it out its keys
+    (:data:`CHECKPOINT_KEYS`) and that its weights are finite; each problem is one
+    :class:`CheckpointError` line naming the file."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad magic, forbidden global, ...
@@ -366,7 +504,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"checkpoint {path} is not an effscale checkpoint (no model/config)")
+    _check_state(path, state)
     return state
+
+
+def _check_out_dir(out_dir: str | Path | None) -> None:
+    """Refuse an output folder that is an existing file, or lies below one: found only at the
+    first checkpoint otherwise, after minutes of training."""
+    if out_dir is None:
+        return
+    out = Path(out_dir)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(
+                    f"out: {folder} is a file, so {out} cannot be the output folder; give a "
+                    "new or existing folder"
+                )
+            return
 
 
 def _epoch_order(num_images: int, seed: int, epoch: int) -> list[int]:
@@ -390,14 +545,17 @@ def train_proxy(
     ``out_dir`` receives ``checkpoint.pt`` (every ``settings.checkpoint_every`` steps and at each
     epoch end) and ``metrics.json``; with ``resume=True`` training continues from the checkpoint
     there (step count, epoch, optimizer and EMA state). Raises :class:`DivergedError` on a
-    non-finite loss, :class:`effscale.detector.data.DataError` on bad data.
+    non-finite loss, :class:`effscale.detector.data.DataError` on bad data. An ``out_dir``
+    that cannot be a folder (an existing file, or below one) is refused before anything runs.
     """
 
+    _check_out_dir(out_dir)
     device = resolve_device(device)
+    if settings.pretrained is not None:  # refuse weights that do not fit before any data work
+        check_pretrained_fits(config.backbone, settings.pretrained, padding=config.padding)
     _seed_everything(settings.seed)
-    train_set = load_split(
-        data.dir,
-        "train",
+    train_set = open_split(
+        data.split_files("train"),
         subset=data.train_subset,
         seed=settings.seed,
         transform=TrainTransform(
@@ -407,9 +565,8 @@ def train_proxy(
             seed=settings.seed,
         ),
     )
-    val_set = load_split(
-        data.dir,
-        "val",
+    val_set = open_split(
+        data.split_files("val"),
         subset=data.val_subset,
         seed=settings.seed,
         transform=ResizePad(config.image_size),
@@ -447,6 +604,8 @@ def train_proxy(
         augment_generator = torch.Generator(device=device)
 
     model = build_model(config).to(device)
+    if settings.pretrained is not None:
+        load_pretrained_backbone(model.backbone, settings.pretrained)
     for module in model.modules():  # short proxy runs need BN statistics that keep up
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = settings.bn_momentum
@@ -472,6 +631,16 @@ def train_proxy(
     if settings.ema_decay is not None:
         ema = WeightEma(model, decay=settings.ema_decay, use_warmup=True)
     monitor = LossMonitor(check_every=options.check_every, device=device)
+    untrained = None
+    if settings.eval_untrained and not resume:
+        untrained = evaluate_model(
+            model,
+            val_loader,
+            config=config,
+            dataset=val_set,
+            device=device,
+            autocast_dtype=autocast_dtype,
+        )
 
     def epoch_batches(epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """This epoch's batches as (normalized images, boxes, labels) on the device."""
@@ -512,7 +681,8 @@ def train_proxy(
                 "into a new --out folder"
             )
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer") is not None:  # none in an imported checkpoint: a new one
+            optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.module.load_state_dict(state["ema"])
         step, epoch = int(state["step"]), int(state["epoch"])
@@ -621,6 +791,7 @@ def train_proxy(
         epochs=epoch,
         history=history,
         checkpoint=str(out_path / CHECKPOINT_NAME) if out_path is not None else None,
+        untrained_metrics=untrained,
         levers={
             **train_step.levers,
             "data": data_lever,
@@ -640,12 +811,26 @@ def _total_steps(settings: TrainSettings, steps_per_epoch: int) -> int | None:
     return None
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _finite_json(value: Any) -> Any:
+    """``value`` with every number that is not finite (an undefined COCO breakdown) as ``None``
+    and numpy/torch values as Python ones, so that ``json.dump(allow_nan=False)`` takes it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return _finite_json(value.tolist())
+    return value
 
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` as strict JSON (``null``, never ``NaN``), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=float)
+        json.dump(_finite_json(data), handle, indent=2, default=float, allow_nan=False)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

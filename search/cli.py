@@ -7,20 +7,26 @@ being run is imported, so that ``effscale --help`` starts without torch.
 
 Errors that users can fix (:class:`ValueError`, :class:`FileNotFoundError`, ...) are printed as
 one line, ``effscale CMD: error: ...``, never a traceback. A :class:`.errors.ParameterError`
-is shown with the command's flag in place of the parameter it names.
+is shown with the command's flag in place of the parameter it names. A run stopped by a signal
+or a full disk (:class:`.errors.RunStopped`) prints its one line and exits with its code
+(``128 + signal``, 1 for a full disk); a full disk anywhere else (``ENOSPC``) and input nested
+too deeply to read (``RecursionError``: a TOML or JSON file of thousands of nested brackets)
+are one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from .errors import ParameterError
+from .errors import ParameterError, RunStopped
 from .version import effscale_version
 
 __all__ = ["COMMANDS", "main", "build_parser", "flag_message"]
@@ -31,13 +37,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-data": ("make_data", "write a synthetic COCO-format shapes dataset"),
     "train": ("train", "train one detector on a COCO-format dataset and report COCO AP"),
     "evaluate": ("evaluate", "COCO AP of a checkpoint on a dataset split"),
+    "init": ("init", "write a commented study file to start from (quickstart, ...)"),
     "search": ("search", "run or resume a scaling search from a study file"),
+    "confirm": ("confirm", "retrain the best points on more seeds and show the region"),
     "status": ("status", "show the trials, best point and Pareto front of a study"),
     "export": ("export", "write the D0..D7-style family of a trial or of given coefficients"),
     "validate": ("validate", "check the found scaling against other scalings at matched MACs"),
     "report": ("report", "write plots and a Markdown report of a study"),
     "dashboard": ("dashboard", "watch a study in optuna-dashboard"),
     "storage": ("storage", "check or repair a study's storage (torn journals, dead workers)"),
+    "import": ("import_effdet", "turn an effdet checkpoint into an effscale config and weights"),
 }
 
 
@@ -107,19 +116,52 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except RunStopped as exc:
+        print(f"effscale {args.command}: {_pasteable(_one_line(exc), args)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("effscale: interrupted", file=sys.stderr)
         return 130
+    except RecursionError:
+        print(
+            f"effscale {args.command}: error: an input file is nested too deeply to read "
+            "(thousands of nested brackets); check the study, config or annotation file",
+            file=sys.stderr,
+        )
+        return 2
     except ParameterError as exc:
         flags = getattr(_command_module(args.command), "FLAGS", {})
         print(
-            f"effscale {args.command}: error: {_one_line_text(flag_message(exc, flags))}",
+            f"effscale {args.command}: error: "
+            f"{_pasteable(_one_line_text(flag_message(exc, flags)), args)}",
             file=sys.stderr,
         )
         return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, UserError) as exc:
-        print(f"effscale {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(
+            f"effscale {args.command}: error: {_pasteable(_one_line(exc), args)}", file=sys.stderr
+        )
         return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"effscale {args.command}: error: disk full{where} ({exc.strerror}); free space "
+            "and run the command again",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _pasteable(text: str, args: argparse.Namespace) -> str:
+    """``text`` with the placeholder ``STUDY.toml`` of a hinted command (library code that
+    raises the error does not know the study file) replaced by the command's own study file,
+    quoted for the shell, so that the hint works when pasted."""
+    study = getattr(args, "study", None)
+    if not isinstance(study, str) or not study:
+        return text
+    return re.sub(r"(`effscale [^`]*?)STUDY\.toml", lambda m: m.group(1) + shlex.quote(study), text)
 
 
 def _one_line_text(text: str) -> str:

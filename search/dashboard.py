@@ -27,6 +27,14 @@ Hence two parts:
   ``"constraints"`` list on read; nothing is written. ``effscale dashboard`` always serves
   through it, and its best trial of a single-objective study is the best *feasible* one.
 
+What the view shows besides (also on read only): given the study's definition, a derived
+coordinate (γ in solve mode, stored as the user attr ``gamma``) as a parameter with the bounds of
+the space (:func:`derived_distributions`), so that the dashboard's plots can use it; each trial's
+user attrs with :data:`FIRST_USER_ATTRS` first (the dashboard's box shows about six); and a
+feasibility figure among the study's plots (:func:`.dashboard_page.feasibility_figure`, as the
+``dashboard:plot_data:`` study system attrs optuna-dashboard reads its user-saved plots from).
+:func:`make_app` adds the rest of effscale's part of the page (:mod:`.dashboard_page`).
+
 Artifacts live in a ``FileSystemArtifactStore`` in ``<stem>.artifacts/`` next to the study file
 (:func:`artifact_folder`). Optuna attaches files to a study at any time but to a trial only while
 it runs, so per-trial ``metrics.json`` files are attached from the objective
@@ -50,10 +58,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from .dashboard_page import FEASIBILITY_FIGURE_ID, PageApp, feasibility_figure
 from .definition import StudyDefinition
 from .errors import ParameterError
 from .markdown import code_fence
@@ -62,9 +72,12 @@ from .plots import write_plots
 from .trials import (
     CONSTRAINT_NAMES_ATTR,
     CONSTRAINTS_ATTR,
+    Region,
     constraint_values,
     dashboard_constraints,
+    find_region,
     is_feasible,
+    study_confirmations,
 )
 
 __all__ = [
@@ -75,6 +88,9 @@ __all__ = [
     "constraint_values",
     "record_feasibility",
     "FeasibilityView",
+    "FIRST_USER_ATTRS",
+    "PLOT_DATA_PREFIX",
+    "derived_distributions",
     "write_study_note",
     "study_note",
     "artifact_folder",
@@ -150,14 +166,71 @@ def record_feasibility(trial: Any, constraint_values: Mapping[str, float]) -> No
     storage.set_trial_system_attr(trial_id, CONSTRAINTS_ATTR, values)
 
 
-def _with_constraints(trial: Any) -> Any:
-    """``trial`` or, when it carries only named constraints, a copy with the list added."""
-    attrs = trial.system_attrs
-    if CONSTRAINTS_ATTR in attrs or not any(k.startswith(_NAMED_PREFIX) for k in attrs):
-        return trial
+#: the user attrs the view lists first, in this order (then the others as stored)
+FIRST_USER_ATTRS = (
+    "feasible",
+    "infeasible_reason",
+    "macs",
+    "cost_ratio",
+    "ap_mean",
+    "ap_std",
+    "ap_ci95",
+    "ap_per_seed",
+    "n_seeds",
+)
+#: where optuna-dashboard reads a study's saved plotly figures from: study system attrs
+#: ``dashboard:plot_data:<id>:<i>``, the figure's JSON in chunks of at most 2045 characters
+#: (``optuna_dashboard._custom_plot_data``)
+PLOT_DATA_PREFIX = "dashboard:plot_data:"
+_PLOT_CHUNK = 2045
+
+
+def derived_distributions(definition: StudyDefinition | None) -> dict[str, BaseDistribution]:
+    """The coordinates a trial stores as user attrs although the space ranges over them, with the
+    distribution the view shows them under: ``{"gamma": FloatDistribution(low, high)}`` in solve
+    mode with a γ range (γ is derived, never an Optuna parameter), else ``{}``."""
+    if definition is None or definition.constraint.mode != "solve":
+        return {}
+    gamma = definition.space.gamma
+    low, high = getattr(gamma, "low", None), getattr(gamma, "high", None)
+    if low is None or high is None or not low < high:
+        return {}
+    return {"gamma": FloatDistribution(float(low), float(high))}
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown_trial(trial: Any, derived: Mapping[str, BaseDistribution]) -> Any:
+    """A copy of ``trial`` as the dashboard should see it: the constraints' list when only named
+    constraints are stored, the ``derived`` coordinates as params, :data:`FIRST_USER_ATTRS`
+    first."""
     shown = copy.copy(trial)
-    shown._system_attrs = {**attrs, CONSTRAINTS_ATTR: dashboard_constraints(attrs)}
+    attrs = trial.system_attrs
+    if CONSTRAINTS_ATTR not in attrs and any(k.startswith(_NAMED_PREFIX) for k in attrs):
+        shown._system_attrs = {**attrs, CONSTRAINTS_ATTR: dashboard_constraints(attrs)}
+    user = trial.user_attrs
+    extra = {
+        name: distribution
+        for name, distribution in derived.items()
+        if name not in trial.params and _finite_number(user.get(name))
+    }
+    if extra:
+        shown._params = {**trial.params, **{name: float(user[name]) for name in extra}}
+        shown._distributions = {**trial.distributions, **extra}
+    first = {k: user[k] for k in FIRST_USER_ATTRS if k in user}
+    shown._user_attrs = {**first, **{k: v for k, v in user.items() if k not in first}}
     return shown
+
+
+def _plot_attrs(figure: Mapping[str, Any]) -> dict[str, str]:
+    text = json.dumps(figure, allow_nan=False)
+    prefix = f"{PLOT_DATA_PREFIX}{FEASIBILITY_FIGURE_ID}:"
+    return {
+        f"{prefix}{i}": text[start : start + _PLOT_CHUNK]
+        for i, start in enumerate(range(0, len(text), _PLOT_CHUNK))
+    }
 
 
 def _forward(name: str) -> Any:
@@ -182,30 +255,96 @@ class FeasibilityView(_forwarding_base()):  # type: ignore[misc]
     """A storage that reads and writes through ``storage`` and shows every trial's constraints
     in the ``"constraints"`` list optuna-dashboard reads (see the module docstring). Writes the
     dashboard makes (notes, artifacts) go to ``storage`` unchanged; trials are never rewritten.
+
+    With the study's ``definition``, its derived coordinates appear as params
+    (:func:`derived_distributions`) and its feasible band in the feasibility figure; other
+    studies in the storage get the constraints, the attr order and a figure without a band.
     """
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self, storage: Any, *, definition: StudyDefinition | None = None) -> None:
         self._storage = storage
+        self._definition = definition
+        self._derived = derived_distributions(definition)
 
     def __getattr__(self, name: str) -> Any:  # storage-specific extras (engine, ...)
         if name == "_storage":
             raise AttributeError(name)
         return getattr(self._storage, name)
 
+    def _is_defined_study(self, study_id: int) -> bool:
+        definition = self._definition
+        return (
+            definition is not None
+            and self._storage.get_study_name_from_id(study_id) == definition.study.name
+        )
+
+    def _derived_for(self, study_id: int) -> Mapping[str, BaseDistribution]:
+        return self._derived if self._derived and self._is_defined_study(study_id) else {}
+
     def get_trial(self, trial_id: int) -> Any:
-        """The trial, with its constraints in the dashboard's list form."""
-        return _with_constraints(self._storage.get_trial(trial_id))
+        """The trial as the dashboard shows it (see :class:`FeasibilityView`)."""
+        trial = self._storage.get_trial(trial_id)
+        return _shown_trial(trial, self._derived if self._in_defined_study(trial) else {})
+
+    def _in_defined_study(self, trial: Any) -> bool:
+        if not self._derived or self._definition is None:
+            return False
+        storage = self._storage
+        try:
+            study_id = storage.get_study_id_from_name(self._definition.study.name)
+            found = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        except KeyError:
+            return False
+        return bool(found == trial._trial_id)
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list[Any]:
-        """All trials of the study, with their constraints in the dashboard's list form."""
+        """All trials of the study as the dashboard shows them."""
+        derived = self._derived_for(study_id)
         return [
-            _with_constraints(t)
+            _shown_trial(t, derived)
             for t in self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
         ]
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         """The trial's system attrs, with ``"constraints"`` added when only named ones exist."""
         return dict(self.get_trial(trial_id).system_attrs)
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        """The trial's user attrs, :data:`FIRST_USER_ATTRS` first."""
+        return dict(self.get_trial(trial_id).user_attrs)
+
+    def get_trial_params(self, trial_id: int) -> dict[str, Any]:
+        """The trial's params, with the derived coordinates of the defined study."""
+        return dict(self.get_trial(trial_id).params)
+
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        """A param's internal value, derived coordinates included."""
+        trial = self.get_trial(trial_id)
+        if param_name not in trial.params:
+            return float(self._storage.get_trial_param(trial_id, param_name))
+        distribution = trial.distributions[param_name]
+        return float(distribution.to_internal_repr(trial.params[param_name]))
+
+    def _figure_attrs(self, study_id: int) -> dict[str, str]:
+        trials = self._storage.get_all_trials(study_id, deepcopy=False)
+        definition = self._definition
+        defined = definition is not None and self._is_defined_study(study_id)
+        band = definition.constraint.band() if defined and definition is not None else None
+        figure = feasibility_figure(trials, band=band)
+        return {} if figure is None else _plot_attrs(figure)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        """The study's system attrs with the feasibility figure among its plots."""
+        return {**self._storage.get_study_system_attrs(study_id), **self._figure_attrs(study_id)}
+
+    def get_all_studies(self) -> list[Any]:
+        """All studies, each with the feasibility figure among its plots."""
+        shown = []
+        for study in self._storage.get_all_studies():
+            copied = copy.copy(study)
+            copied.system_attrs = {**study.system_attrs, **self._figure_attrs(study._study_id)}
+            shown.append(copied)
+        return shown
 
     def get_best_trial(self, study_id: int) -> Any:
         """The best feasible COMPLETE trial of a single-objective study (the wrapped storage's
@@ -217,7 +356,7 @@ class FeasibilityView(_forwarding_base()):  # type: ignore[misc]
             if is_feasible(t) and t.value is not None
         ]
         if not feasible:
-            return self._storage.get_best_trial(study_id)
+            return self.get_trial(self._storage.get_best_trial(study_id)._trial_id)
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
         return max(feasible, key=lambda t: (sign * t.value, -t.number))
 
@@ -225,27 +364,68 @@ class FeasibilityView(_forwarding_base()):  # type: ignore[misc]
 # ------------------------------------------------------------------------------------------ notes
 
 
-def study_note(*, study_name: str, study_file_text: str, version: str) -> str:
-    """The Markdown note ``effscale`` writes on a study: its origin and the study file."""
+ANSWER_HEADING = "### The answer"
+STUDY_FILE_HEADING = "### Study file"
+
+
+def _answer_section(region: Region) -> str:
+    """The note's answer: the verdict with its advice, the region's trials and the ranges of
+    α, β, γ they span (see :func:`effscale.search.trials.find_region`)."""
+    if region.best is None:
+        return f"{ANSWER_HEADING}\n\nNo feasible trial has been scored yet.\n\n"
+    members = ", ".join(f"#{n}" for n in region.members)
+    rows = "\n".join(
+        f"| {name} | {low:.4f} | {high:.4f} |" for name, (low, high) in region.ranges.items()
+    )
+    return (
+        f"{ANSWER_HEADING}\n\n**Verdict: {region.verdict}.** {region.advice}\n\n"
+        f"The region (feasible trials not significantly worse than the best, #{region.best}, at "
+        f"{region.level:.0%} on shared seeds): {members}.\n\n"
+        f"| coefficient | low | high |\n|---|---|---|\n{rows}\n\n"
+    )
+
+
+def study_note(
+    *, study_name: str, study_file_text: str, version: str, region: Region | None = None
+) -> str:
+    """The Markdown note ``effscale`` writes on a study: its origin, the answer (``region``'s
+    verdict, trials and coefficient ranges, when given) and the study file."""
     fence = code_fence(study_file_text)
+    answer = "" if region is None else _answer_section(region)
     return (
         f"## effscale study `{study_name}`\n\n"
         f"Made by effscale {version}. A trial is feasible when its `cost_ratio` constraint is "
         "<= 0 (the cost ratio of the phi=1 model over the proxy lies in the band); infeasible "
         "trials are pruned before they are scored. MACs are multiply-adds per image of the "
         "phi=1 model.\n\n"
-        f"### Study file\n\n{fence}toml\n{study_file_text.rstrip()}\n{fence}\n"
+        f"{answer}"
+        f"{STUDY_FILE_HEADING}\n\n{fence}toml\n{study_file_text.rstrip()}\n{fence}\n"
     )
 
 
-def write_study_note(study: Any, study_file_text: str, version: str) -> None:
-    """Write the study's optuna-dashboard note (Markdown): effscale ``version`` and the study
-    file's text (see :func:`study_note`). Replaces the current note, keeping its history."""
+def _without_answer(note: str) -> str:
+    """``note`` with its answer section (``### The answer`` up to ``### Study file``) removed."""
+    start = note.find(ANSWER_HEADING)
+    end = note.find(STUDY_FILE_HEADING)
+    return note if start < 0 or end < start else note[:start] + note[end:]
+
+
+def write_study_note(
+    study: Any, study_file_text: str, version: str, *, region: Region | None = None
+) -> None:
+    """Write the study's optuna-dashboard note (Markdown): effscale ``version``, the answer
+    (``region``) and the study file's text (see :func:`study_note`). Replaces the current note,
+    keeping its history."""
     from optuna_dashboard import save_note
 
     save_note(
         study,
-        study_note(study_name=study.study_name, study_file_text=study_file_text, version=version),
+        study_note(
+            study_name=study.study_name,
+            study_file_text=study_file_text,
+            version=version,
+            region=region,
+        ),
     )
 
 
@@ -413,17 +593,25 @@ METRIC_NAMES = {"ap": "AP", "macs": "MACs per image (phi=1)"}
 def prepare_study(
     study: Any, definition: Any, *, artifact_store: Any | None, version: str, plots: bool = True
 ) -> list[str]:
-    """Make a study ready to watch: write the note (the study file stored with the study, and
-    the effscale version that made it, else ``version``) when it has none, name the objectives
-    (:data:`METRIC_NAMES`) when they are unnamed, and with ``plots`` attach the current plots
-    (:func:`attach_study_plots`). Returns the plots' artifact ids."""
+    """Make a study ready to watch: write the note (the study file stored with the study, the
+    effscale version that made it, else ``version``, and the current answer: the region and its
+    verdict) when it has none or only effscale's own with an older answer (a note a user edited
+    is kept), name the objectives (:data:`METRIC_NAMES`) when they are unnamed, and with
+    ``plots`` attach the current plots (:func:`attach_study_plots`). Returns the plots' artifact
+    ids."""
     from optuna_dashboard import get_note
 
-    if not get_note(study).strip():
-        attrs = study.user_attrs
-        write_study_note(
-            study, attrs.get("study_file", definition.text), attrs.get("effscale_version", version)
-        )
+    attrs = study.user_attrs
+    text = attrs.get("study_file", definition.text)
+    made_by = attrs.get("effscale_version", version)
+    region = find_region(study.get_trials(deepcopy=False), confirmations=study_confirmations(study))
+    current = get_note(study)
+    fresh = study_note(
+        study_name=study.study_name, study_file_text=text, version=made_by, region=region
+    )
+    untouched = _without_answer(current) == _without_answer(fresh)
+    if current != fresh and (not current.strip() or untouched):
+        write_study_note(study, text, made_by, region=region)
     if study.metric_names is None:
         study.set_metric_names([METRIC_NAMES[name] for name in definition.study.objectives])
     if plots and artifact_store is not None:
@@ -471,9 +659,12 @@ def check_host(host: str, *, allow_remote: bool) -> bool:
     return loopback
 
 
-def make_app(storage: Any, *, artifact_store: Any | None = None) -> Any:
-    """optuna-dashboard's WSGI application on ``storage`` seen through :class:`FeasibilityView`,
-    with ``artifact_store`` serving attached files."""
+def make_app(
+    storage: Any, *, artifact_store: Any | None = None, definition: StudyDefinition | None = None
+) -> Any:
+    """optuna-dashboard's WSGI application on ``storage`` seen through :class:`FeasibilityView`
+    (with the study's ``definition``, when given), with ``artifact_store`` serving attached
+    files, and effscale's part of the page (:class:`.dashboard_page.PageApp`)."""
     try:
         from optuna_dashboard import wsgi
     except ModuleNotFoundError as exc:
@@ -484,7 +675,13 @@ def make_app(storage: Any, *, artifact_store: Any | None = None) -> Any:
             "not installed",
             'pip install "effscale[dashboard]" (or optuna-dashboard)',
         ) from None
-    return wsgi(FeasibilityView(storage), artifact_store=artifact_store)
+    view = FeasibilityView(storage, definition=definition)
+    return PageApp(
+        wsgi(view, artifact_store=artifact_store),
+        view,
+        study_name=None if definition is None else definition.study.name,
+        band=None if definition is None else definition.constraint.band(),
+    )
 
 
 class DashboardServer:

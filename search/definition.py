@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from effscale.detector.data.layout import CocoSplit
 from effscale.detector.scaling import BifpnRule
 
 from .errors import ParameterError
@@ -42,6 +43,9 @@ from .surrogate import SurrogateConstants
 
 __all__ = [
     "SAMPLERS",
+    "MAX_SEEDS",
+    "MAX_TRIALS",
+    "MAX_SEED",
     "OBJECTIVE_NAMES",
     "OBJECTIVE_KINDS",
     "BACKENDS",
@@ -81,6 +85,12 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
         "min_early_stopping_rate": (int,),
     },
 }
+#: the most training seeds per point in a study (more go through ``effscale confirm``)
+MAX_SEEDS = 16
+#: the largest ``n_trials`` and ``seed`` a study takes (a sampler's seed must stay below 2^32
+#: with the worker index added; more trials than this no sampler or storage here handles)
+MAX_TRIALS = 100_000
+MAX_SEED = 2**31 - 1
 #: ``[train]`` keys that change a trial's speed, not its meaning (not in the fingerprint)
 SPEED_KEYS = ("cache", "cuda_graph", "compile", "channels_last", "fused_optimizer", "check_every")
 #: ``[train] cache`` values and ``[train] compile`` values
@@ -91,8 +101,10 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autot
 @dataclass(frozen=True)
 class StudySection:
     """``[study]``: the study's ``name``, ``storage`` URL (``None``: the default file next to the
-    study file), ``sampler``, ``seed``, ``n_trials`` (finished trials wanted; ``None`` for a grid:
-    all points) and ``objectives`` (``("ap",)`` or ``("ap", "macs")``)."""
+    study file), ``sampler``, ``seed`` (the sampler's), ``n_trials`` (finished trials wanted;
+    ``None`` for a grid: all points), ``objectives`` (``("ap",)`` or ``("ap", "macs")``) and
+    ``seeds``: the training seeds, each point being trained once per seed on the same data (its
+    value is the mean AP)."""
 
     name: str
     storage: str | None
@@ -100,6 +112,7 @@ class StudySection:
     seed: int | None = None
     n_trials: int | None = None
     objectives: tuple[str, ...] = ("ap",)
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,9 @@ class BaseSection:
     (pixels) overriding its input side. It is the same for every trial; the φ=1 model grows from
     it by the trial's multipliers. ``backbone_width``/``backbone_depth`` are multipliers over B0,
     ``resolution_base`` is in pixels, ``num_classes`` ``None`` means "from the data".
+    ``pretrained``: ImageNet weights for every trained model's backbone, a timm EfficientNet
+    name (``str``) or a state-dict file (``Path``, absolute); accepted only when every φ=1
+    model of the space has the weights' backbone (see ``effscale.detector.pretrained``).
     """
 
     preset: str | None
@@ -122,30 +138,48 @@ class BaseSection:
     resolution: int | None = None
     num_classes: int | None = None
     fusion: str = "fastattn"
+    pretrained: str | Path | None = None
 
 
 @dataclass(frozen=True)
 class GenerateSpec:
     """``[data] generate``: synthetic COCO data (``effscale.detector.data.synthetic``) made on
-    first use: counts of images, the seed, the image side in pixels and the number of shape
-    classes."""
+    first use: counts of images, the seed, the image side in pixels, the number of shape classes,
+    and the objects' long side (``min_object_size`` to ``max_object_size`` pixels; ``None``:
+    half the image side) and count (1 to ``max_objects`` per image)."""
 
     train: int
     val: int
     seed: int = 0
     image_size: int = 96
     num_classes: int = 6
+    min_object_size: int = 8
+    max_object_size: int | None = None
+    max_objects: int = 8
 
 
 @dataclass(frozen=True)
 class DataSection:
-    """``[data]``: a COCO folder ``dir`` (absolute) or ``generate``; ``subset_train`` and
-    ``subset_val`` cap the number of images used (``None``: all)."""
+    """``[data]``: a COCO folder ``dir`` (absolute), ``generate``, or both splits where they lie,
+    ``train`` and ``val`` (each a :class:`~effscale.detector.data.layout.CocoSplit`: an
+    annotation file and an image folder, absolute); ``subset_train`` and ``subset_val`` cap the
+    number of images used (``None``: all)."""
 
     dir: Path | None = None
     generate: GenerateSpec | None = None
     subset_train: int | None = None
     subset_val: int | None = None
+    train: CocoSplit | None = None
+    val: CocoSplit | None = None
+
+    def splits(self) -> dict[str, CocoSplit]:
+        """The splits given where they lie, by name (``train``, ``val``; empty for ``dir`` or
+        ``generate``)."""
+        return {
+            name: files
+            for name, files in (("train", self.train), ("val", self.val))
+            if files is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -292,14 +326,26 @@ class StudyDefinition:
         data = None if self.data is None else dataclasses.asdict(self.data)
         if data is not None and self.data is not None and self.data.dir is not None:
             data["dir"] = _relative(self.data.dir, self.folder)
+        if data is not None and self.data is not None:
+            for name in ("train", "val"):  # absent unless given: older fingerprints stay valid
+                files = data.pop(name)
+                if files is not None:
+                    data[name] = _split_table(getattr(self.data, name), self.folder)
+        base = dataclasses.asdict(self.base)
+        if base.pop("pretrained") is not None:  # absent unless given: older fingerprints stay
+            base["pretrained"] = _pretrained_value(self.base.pretrained, self.folder)
         keyed = {
-            "base": dataclasses.asdict(self.base),
+            "base": base,
             "space": _space_table(self.space),
             "constraint": dataclasses.asdict(self.constraint),
             "objective": dataclasses.asdict(self.objective),
             "data": data,
             "train": train,
-            "study": {"sampler": self.study.sampler, "objectives": list(self.study.objectives)},
+            "study": {
+                "sampler": self.study.sampler,
+                "objectives": list(self.study.objectives),
+                "seeds": list(self.study.seeds),
+            },
         }
         text = json.dumps(keyed, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -374,7 +420,7 @@ def _without_none(table: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in table.items() if v is not None}
 
 
-def _base_table(base: BaseSection) -> dict[str, Any]:
+def _base_table(base: BaseSection, folder: Path) -> dict[str, Any]:
     table: dict[str, Any]
     if base.preset is not None:
         table = {"preset": base.preset}
@@ -395,16 +441,31 @@ def _base_table(base: BaseSection) -> dict[str, Any]:
         resolution=base.resolution,
         num_classes=base.num_classes,
         fusion=base.fusion,
+        pretrained=_pretrained_value(base.pretrained, folder),
     )
     return _without_none(table)
+
+
+def _pretrained_value(value: str | Path | None, folder: Path) -> str | None:
+    """``[base] pretrained`` as written: a timm name, or a file relative to the study folder."""
+    return _relative(value, folder) if isinstance(value, Path) else value
+
+
+def _split_table(files: CocoSplit, folder: Path) -> dict[str, str]:
+    return {
+        "annotations": _relative(files.annotations, folder),
+        "images": _relative(files.images, folder),
+    }
 
 
 def _data_table(data: DataSection, folder: Path) -> dict[str, Any]:
     table: dict[str, Any] = {}
     if data.dir is not None:
         table["dir"] = _relative(data.dir, folder)
+    for name, files in data.splits().items():
+        table[name] = _split_table(files, folder)
     if data.generate is not None:
-        table["generate"] = dataclasses.asdict(data.generate)
+        table["generate"] = _without_none(dataclasses.asdict(data.generate))
     subset = _without_none({"train": data.subset_train, "val": data.subset_val})
     if subset:
         table["subset"] = subset
@@ -445,9 +506,10 @@ def render_study_text(d: StudyDefinition) -> str:
                 "seed": d.study.seed,
                 "n_trials": d.study.n_trials,
                 "objectives": list(d.study.objectives),
+                "seeds": list(d.study.seeds),
             }
         ),
-        "base": _base_table(d.base),
+        "base": _base_table(d.base, d.folder),
         "space": _space_table(d.space),
         "constraint": dataclasses.asdict(d.constraint),
         "train": _without_none(dataclasses.asdict(d.train)),

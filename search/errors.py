@@ -7,7 +7,7 @@ command line maps a parameter to its flag (``--trial: ...``), see :mod:`.cli`.
 
 from __future__ import annotations
 
-__all__ = ["ParameterError"]
+__all__ = ["ParameterError", "RunStopped"]
 
 
 class ParameterError(ValueError):
@@ -25,3 +25,13 @@ class ParameterError(ValueError):
     def renamed(self, name: str) -> ParameterError:
         """The same error naming ``name`` (e.g. a command-line flag) instead."""
         return ParameterError(name, self.problem, self.fix)
+
+
+class RunStopped(Exception):
+    """A run that stopped before its end for a reason the user can act on (a signal, a full
+    disk), after recording what it could: the message is one line, ``exit_code`` the process's
+    exit status (``128 + signal`` for a signal)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)

@@ -28,33 +28,36 @@ D6 and D7 stop at 8 cells and use sum fusion, D7 is 1536 px with anchor scale 5)
   the BiFPN width alone (120 for 112, 216 for 224); D5-D7 differ in depth, resolution, width,
   fusion or anchors as listed above.
 
-effdet expressibility (``fmt="effdet"``)
-----------------------------------------
+effdet configs (``fmt="effdet"``)
+---------------------------------
 effdet 0.4.1 builds its backbone with ``timm.create_model(config.backbone_name,
 features_only=True, **config.backbone_args)``. timm registers EfficientNets only at the
 B0..B8 and L2 multipliers, and each registered function passes its own ``channel_multiplier``
-and ``depth_multiplier`` to ``_gen_efficientnet`` (and builds ``block_args``/``round_chs_fn``
-from them), so ``backbone_args`` cannot carry other multipliers: it fails with "got multiple
-values for keyword argument". A member is therefore expressible when its backbone *decodes to the
-same layers* as a registered ``tf_efficientnet_bN`` (e.g. the paper's ``beta**2``, ``alpha**2``
-= (1.21, 1.44) decodes exactly to B3's layers). Everything else maps: fusion ``fastattn``/``attn``
-/``sum`` to ``fpn_name`` ``bifpn_fa``/``bifpn_attn``/``bifpn_sum``, and any multiple of 8 pixels
-as ``image_size`` (effdet derives feature sizes by ceil halving as we do; its outputs at 96, 160,
-288 and 320 px have our shapes). A member effdet cannot express is listed with
-``effdet_unsupported`` reasons instead of a broken file.
+and ``depth_multiplier``, so ``backbone_args`` cannot carry other multipliers. A member whose
+backbone *decodes to the same layers* as a registered ``tf_efficientnet_bN`` (e.g. the paper's
+``beta**2``, ``alpha**2`` = (1.21, 1.44) decodes exactly to B3's layers) names that model, which
+plain effdet builds (and whose ImageNet weights effdet can load). Every other member names
+``effscale_efficientnet``, the timm model that ``import effscale.detector.timm_backbone``
+registers, with its multipliers in ``backbone_args``. So every member gets a
+``<name>.effdet.json``, and after that one import ``effdet.EfficientDet(config)`` builds it with
+effscale's parameter count. Everything else maps: ``padding`` to ``pad_type`` (``"same"``/``""``),
+fusion ``fastattn``/``attn``/``sum`` to ``fpn_name`` ``bifpn_fa``/``bifpn_attn``/``bifpn_sum``,
+``min_level`` to ``backbone_indices``, and any multiple of 8 pixels as ``image_size`` (effdet
+derives feature sizes by ceil halving as we do). ``effscale flops --config <name>.effdet.json``
+reads one back (:func:`effscale.detector.effdet_config.load_detector_config`).
 
 Files (written atomically, see :mod:`.output`)
 ---------------------------------------------
 ``<prefix><phi>.toml`` (or ``.json``) per member, ``<prefix><phi>.effdet.json`` with
-``fmt="effdet"`` for the members effdet can express, ``family.csv``, ``family.md``,
-``manifest.json``, the output marker and, for a study, ``study.png``.
+``fmt="effdet"``, ``family.csv``, ``family.md``, ``manifest.json``, the output marker and, for a
+study, ``study.png``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,11 +65,17 @@ from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from effscale.detector.backbone import decode_backbone
-from effscale.detector.complexity import COUNTING_CONVENTION
+from effscale.detector.complexity import COUNTING_CONVENTION, count_complexity
 from effscale.detector.config import BackboneConfig, DetectorConfig, load_config
+from effscale.detector.effdet_config import (
+    EFFDET_FPN_NAMES,
+    EFFSCALE_TIMM_BACKBONE,
+    TIMM_EFFICIENTNETS,
+    config_from_effdet,
+    effdet_pad_type,
+)
 from effscale.detector.model import build_model
 from effscale.detector.scaling import ScalingSpec
 
@@ -75,11 +84,11 @@ from .definition import StudyDefinition
 from .errors import ParameterError
 from .family import Family, FamilyMember, derive_family, study_family_spec
 from .markdown import markdown_table
-from .output import MARKER, atomic_directory, check_output_dir
+from .output import MARKER, atomic_directory, check_output_dir, path_name
 from .plots import plot_ap_vs_macs
 from .space import CandidatePoint
 from .storage import resolve_storage_url
-from .trials import choose_trial, load_trials
+from .trials import choose_trial, find_region, load_study, study_confirmations
 from .version import effscale_version
 
 __all__ = [
@@ -87,7 +96,9 @@ __all__ = [
     "MANIFEST_FORMAT",
     "TIMM_EFFICIENTNETS",
     "ExportResult",
+    "EFFDET_IMPORT",
     "effdet_backbone_name",
+    "effdet_timm_backbone",
     "effdet_unsupported",
     "effdet_config",
     "load_effdet_config",
@@ -100,23 +111,9 @@ __all__ = [
 
 EXPORT_FORMATS = ("toml", "json", "effdet")
 MANIFEST_FORMAT = "effscale-export-1"
+#: what a user runs before ``effdet.EfficientDet`` builds a member naming effscale's backbone
+EFFDET_IMPORT = "import effscale.detector.timm_backbone"
 
-#: timm's registered TF-ported EfficientNets and their (width, depth) multipliers (timm 1.0,
-#: ``_gen_efficientnet``); effdet can use only these as backbones
-TIMM_EFFICIENTNETS: dict[str, tuple[float, float]] = {
-    "tf_efficientnet_b0": (1.0, 1.0),
-    "tf_efficientnet_b1": (1.0, 1.1),
-    "tf_efficientnet_b2": (1.1, 1.2),
-    "tf_efficientnet_b3": (1.2, 1.4),
-    "tf_efficientnet_b4": (1.4, 1.8),
-    "tf_efficientnet_b5": (1.6, 2.2),
-    "tf_efficientnet_b6": (1.8, 2.6),
-    "tf_efficientnet_b7": (2.0, 3.1),
-    "tf_efficientnet_b8": (2.2, 3.6),
-    "tf_efficientnet_l2": (4.3, 5.3),
-}
-
-_EFFDET_FPN_NAMES = {"fastattn": "bifpn_fa", "attn": "bifpn_attn", "sum": "bifpn_sum"}
 _EFFDET_TEMPLATE = "tf_efficientdet_d0"
 
 
@@ -143,24 +140,28 @@ def effdet_backbone_name(backbone: BackboneConfig) -> str | None:
     return None
 
 
+def effdet_timm_backbone(backbone: BackboneConfig) -> str:
+    """The timm model an effdet config of ``backbone`` names: the registered
+    ``tf_efficientnet_bN`` with the same layers (:func:`effdet_backbone_name`), else
+    ``effscale_efficientnet`` (registered by ``import effscale.detector.timm_backbone``)."""
+    return effdet_backbone_name(backbone) or EFFSCALE_TIMM_BACKBONE
+
+
 def effdet_unsupported(config: DetectorConfig) -> tuple[str, ...]:
-    """Why effdet 0.4.1 cannot build ``config`` exactly; empty when it can."""
+    """Why effdet 0.4.1 cannot build ``config`` exactly; empty when it can (every backbone can,
+    through ``effscale_efficientnet``)."""
     reasons = []
-    if effdet_backbone_name(config.backbone) is None:
-        b = config.backbone
-        reasons.append(
-            f"backbone width {b.width_multiplier:g} x depth {b.depth_multiplier:g} matches no "
-            "registered timm EfficientNet (B0-B8, L2) and backbone_args cannot set multipliers"
-        )
-    if config.fpn.fusion not in _EFFDET_FPN_NAMES:  # pragma: no cover - every method maps today
+    if config.fpn.fusion not in EFFDET_FPN_NAMES:  # pragma: no cover - every method maps today
         reasons.append(f"fusion {config.fpn.fusion!r} has no effdet fpn_name")
     return tuple(reasons)
 
 
 def effdet_config(config: DetectorConfig) -> dict[str, Any]:
-    """``config`` as an effdet model config (a plain dict; ``OmegaConf.create`` it, see
-    :func:`load_effdet_config`), on ``tf_efficientdet_d0``'s template (TF ``same`` padding,
-    redundant biases, separable convs: the variant whose parameters equal ours).
+    """``config`` as an effdet model config (a plain dict; :func:`load_effdet_config` reads its
+    file as the ``DictConfig`` effdet takes), on ``tf_efficientdet_d0``'s template (redundant biases,
+    separable convs, resample BN: the variant whose parameters equal ours), with ``padding`` as
+    ``pad_type``. The backbone is :func:`effdet_timm_backbone`'s; ``effscale_efficientnet``
+    needs ``import effscale.detector.timm_backbone`` before effdet builds it.
 
     Raises :class:`.ParameterError` listing :func:`effdet_unsupported` reasons when effdet
     cannot express it.
@@ -178,8 +179,21 @@ def effdet_config(config: DetectorConfig) -> dict[str, Any]:
         ) from None
     h = get_efficientdet_config(_EFFDET_TEMPLATE)
     h.name = config.name
-    h.backbone_name = effdet_backbone_name(config.backbone)
-    h.backbone_args = {"drop_path_rate": float(config.backbone.drop_path_rate)}
+    b = config.backbone
+    h.backbone_name = effdet_timm_backbone(b)
+    backbone_args: dict[str, Any] = {"drop_path_rate": float(b.drop_path_rate)}
+    if h.backbone_name == EFFSCALE_TIMM_BACKBONE:
+        backbone_args.update(
+            width_multiplier=float(b.width_multiplier),
+            depth_multiplier=float(b.depth_multiplier),
+            padding=config.padding,
+        )
+    elif config.padding != "same":  # tf_efficientnet_bN pads "same" unless told
+        backbone_args["pad_type"] = effdet_pad_type(config.padding)
+    h.backbone_args = backbone_args
+    if config.min_level != 3:  # effdet takes backbone features 2, 3, 4 (levels 3-5) by default
+        h.backbone_indices = list(range(config.min_level - 1, 5))
+    h.pad_type = effdet_pad_type(config.padding)
     h.image_size = tuple(int(v) for v in config.image_size)
     h.num_classes = config.num_classes
     h.min_level = config.min_level
@@ -191,15 +205,36 @@ def effdet_config(config: DetectorConfig) -> dict[str, Any]:
     h.fpn_channels = config.fpn.channels
     h.fpn_cell_repeats = config.fpn.repeats
     h.box_class_repeats = config.head.repeats
-    h.fpn_name = _EFFDET_FPN_NAMES[config.fpn.fusion]
+    h.fpn_name = EFFDET_FPN_NAMES[config.fpn.fusion]
     h.url = ""  # no released weights for an exported member
-    plain: dict[str, Any] = OmegaConf.to_container(h, resolve=True)  # type: ignore[assignment]
+    plain: dict[str, Any] = _plain(h)
     return plain
 
 
+def _plain(value: Any) -> Any:
+    """An OmegaConf ``DictConfig``/``ListConfig`` (a mapping/sequence) as dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
 def load_effdet_config(path: str | Path) -> Any:
-    """Read a ``*.effdet.json`` file as the ``DictConfig`` that ``effdet.EfficientDet`` takes."""
-    return OmegaConf.create(json.loads(Path(path).read_text()))
+    """Read a ``*.effdet.json`` file as the ``DictConfig`` that ``effdet.EfficientDet`` takes
+    (effdet's defaults updated by the file, as ``effdet.get_efficientdet_config`` makes one)."""
+    try:
+        from effdet.config import default_detection_model_configs  # effdet is optional
+    except ModuleNotFoundError:
+        raise ParameterError(
+            "path", "effdet is not installed", "pip install effdet==0.4.1"
+        ) from None
+    data = json.loads(Path(path).read_text())
+    if isinstance(data.get("image_size"), list):  # effdet declares a tuple
+        data["image_size"] = tuple(data["image_size"])
+    h = default_detection_model_configs()
+    h.update(data)
+    return h
 
 
 # -------------------------------------------------------------------------------------- tables
@@ -311,6 +346,14 @@ def _verify_member(path: Path, member: FamilyMember) -> None:
         )
 
 
+def _verify_effdet_member(path: Path, member: FamilyMember) -> None:
+    """The written effdet config reads back (:func:`config_from_effdet`) to a network with the
+    member's parameters and MACs."""
+    loaded = config_from_effdet(json.loads(path.read_text()))
+    if count_complexity(loaded) != member.complexity:  # pragma: no cover - a mapping bug
+        raise RuntimeError(f"{path.name} does not read back to the exported network")
+
+
 def write_family(
     family: Family,
     out: str | Path,
@@ -327,7 +370,7 @@ def write_family(
     """Write ``family`` into ``out`` atomically (see the module docstring for the files).
 
     ``fmt``: ``toml`` or ``json`` native configs; ``effdet`` adds ``<name>.effdet.json`` (an
-    effdet model config) next to native TOML configs for each member effdet can express.
+    effdet model config, see :func:`effdet_config`) next to native TOML configs for each member.
     ``source`` and ``coefficients`` go into ``manifest.json``; ``plot(path)``, when given, draws
     ``study.png``. With ``verify`` every config is read back and built on the meta device.
     ``study``: the study exported, whose fingerprint the output marker records and whose files
@@ -359,20 +402,30 @@ def write_family(
                 "_docs": f"{m.name}: φ = {m.phi} of the exported family; _ops is GMACs "
                 "(1e9 multiply-adds per image at min_size)",
             }
-            if m.name in unsupported:
+            if m.name in unsupported:  # pragma: no cover - every member is expressible today
                 meta["effdet_unsupported"] = list(unsupported[m.name])
             elif fmt == "effdet":
                 effdet_path = tmp / f"{m.name}.effdet.json"
                 _json_dump(effdet_path, effdet_config(m.config))
+                if verify:
+                    _verify_effdet_member(effdet_path, m)
                 files.append(effdet_path.name)
                 meta["effdet_file"] = effdet_path.name
-                meta["effdet_backbone"] = effdet_backbone_name(m.config.backbone)
+                meta["effdet_backbone"] = effdet_timm_backbone(m.config.backbone)
             else:
-                meta["effdet_backbone"] = effdet_backbone_name(m.config.backbone)
+                meta["effdet_backbone"] = effdet_timm_backbone(m.config.backbone)
             members_meta[m.name] = meta
         pd.DataFrame.from_records(family_records(family)).to_csv(tmp / "family.csv", index=False)
         notes = []
-        if fmt == "effdet" and unsupported:
+        if fmt == "effdet" and any(
+            meta.get("effdet_backbone") == EFFSCALE_TIMM_BACKBONE for meta in members_meta.values()
+        ):
+            notes.append(
+                f"In effdet, run `{EFFDET_IMPORT}` before `effdet.EfficientDet(config)`: it "
+                f"registers {EFFSCALE_TIMM_BACKBONE}, the timm backbone of the members whose "
+                "multipliers no registered EfficientNet has."
+            )
+        if fmt == "effdet" and unsupported:  # pragma: no cover - every member is expressible
             notes.append(
                 "effdet cannot express these members (no .effdet.json written):\n\n"
                 + "\n".join(f"* {n}: {'; '.join(r)}" for n, r in unsupported.items())
@@ -428,7 +481,7 @@ def export_study(
     definition: StudyDefinition,
     *,
     out: str | Path | None = None,
-    phis: Sequence[int] = tuple(range(8)),
+    phis: Sequence[int] | None = None,
     trial: int | None = None,
     fmt: str = "toml",
     overwrite: bool = False,
@@ -440,24 +493,36 @@ def export_study(
 ) -> ExportResult:
     """Export the family of a study's chosen trial (see :func:`.trials.choose_trial`).
 
-    ``out`` defaults to ``<study folder>/exports/<study name>-trial<N>``; ``storage`` overrides
+    ``out`` defaults to ``<study folder>/exports/<study name>-trial<N>`` (the name made a safe
+    file name, :func:`.output.path_name`); ``storage`` overrides
     the study's; ``num_classes`` defaults to :func:`.data.study_num_classes`. With ``plot`` the
     folder also gets ``study.png`` (:func:`.plots.plot_ap_vs_macs` with the family's costs).
+    ``phis`` defaults to 0..7 up to the last legal member (a large α can make D7's backbone
+    deeper than a legal detector; :attr:`.family.Family.left_out` says which and why); a range
+    that is given must be legal throughout.
     """
     d = definition
     if out is not None:
         check_output_dir(out, command="export", study=d, overwrite=overwrite)
-    trials = load_trials(d, storage)
+    study = load_study(d, storage)
+    trials = study.get_trials(deepcopy=False)
+    region = find_region(trials, confirmations=study_confirmations(study))
     chosen = choose_trial(
         trials, objectives=d.study.objectives, number=trial, study_name=f"study {d.study.name!r}"
     )
     classes = num_classes if num_classes is not None else study_num_classes(d)
     spec = study_family_spec(d.base, chosen.point, anchor=anchor)
     family = derive_family(
-        spec, phis, fusion=chosen.point.fusion, num_classes=classes, prefix=prefix
+        spec,
+        tuple(range(8)) if phis is None else phis,
+        fusion=chosen.point.fusion,
+        num_classes=classes,
+        prefix=prefix,
+        up_to_legal=phis is None,
     )
+    first, last = family.members[0].phi, family.members[-1].phi
     if out is None:
-        out = d.folder / "exports" / f"{d.study.name}-trial{chosen.number}"
+        out = d.folder / "exports" / f"{path_name(d.study.name)}-trial{chosen.number}"
     draw = None
     if plot:
 
@@ -480,6 +545,10 @@ def export_study(
             "phi_proxy": d.base.phi_proxy,
         },
         "trial_number": chosen.number,
+        # members of the default range 0-7 that are not legal detectors, and why
+        **({"left_out": dict(family.left_out)} if family.left_out else {}),
+        # the answer with its noise (see effscale status): the exported trial is one point of it
+        **region.to_dict(),
     }
     return write_family(
         family,
@@ -488,7 +557,7 @@ def export_study(
         overwrite=overwrite,
         source=source,
         coefficients=_point_dict(chosen.point),
-        title=f"{d.study.name}: trial {chosen.number} scaled over φ = {phis[0]}..{phis[-1]} "
+        title=f"{d.study.name}: trial {chosen.number} scaled over φ = {first}..{last} "
         f"(anchor: {anchor})",
         plot=draw,
         study=d,

@@ -54,6 +54,7 @@ __all__ = [
     "build_configs",
     "corner_points",
     "check_buildable",
+    "CostMeter",
     "effective_multipliers",
     "FamilyMember",
     "Family",
@@ -192,6 +193,27 @@ def check_buildable(definition: StudyDefinition) -> None:
             ) from None
 
 
+class CostMeter:
+    """The multiply-adds per image of the proxy and φ=1 detectors of points of a study's space,
+    each config counted once (:func:`count_complexity`)."""
+
+    def __init__(self, base: BaseSection, *, num_classes: int) -> None:
+        self.base = base
+        self.num_classes = num_classes
+        self._cache: dict[DetectorConfig, Complexity] = {}
+
+    def complexity(self, config: DetectorConfig) -> Complexity:
+        """Params, MACs and activations of ``config`` (per image)."""
+        if config not in self._cache:
+            self._cache[config] = count_complexity(config)
+        return self._cache[config]
+
+    def ratio(self, point: CandidatePoint) -> float:
+        """MACs of ``point``'s φ=1 model over the proxy's (dimensionless)."""
+        phi0, phi1 = build_configs(self.base, point, num_classes=self.num_classes)
+        return self.complexity(phi1).macs / self.complexity(phi0).macs
+
+
 def effective_multipliers(phi0: DetectorConfig, phi1: DetectorConfig) -> tuple[float, float, float]:
     """(depth, width, resolution) multipliers of ``phi1`` over ``phi0`` after rounding."""
     return (
@@ -229,6 +251,8 @@ class Family:
     spec: ScalingSpec
     fusion: str
     backbone_table: str = "compound"
+    #: members of the asked range left out by ``up_to_legal``: name -> why they are not legal
+    left_out: tuple[tuple[str, str], ...] = ()
 
 
 def _official_backbone(phi: int) -> BackboneConfig:
@@ -250,9 +274,14 @@ def derive_family(
     num_classes: int = 90,
     prefix: str = "d",
     backbone_table: str = "compound",
+    up_to_legal: bool = False,
 ) -> Family:
     """Apply ``spec`` at every φ of ``phis`` with legal rounding (:func:`from_scaling`) and
     measure each member (:func:`count_complexity`: params, MACs per image, activations).
+
+    With ``up_to_legal`` (the default range of an export, where the user asked for no φ in
+    particular) the family stops before the first member that is not a legal detector, the
+    first excepted: those left out are listed in :attr:`Family.left_out`.
 
     ``backbone_table="official"`` replaces the backbone by the released EfficientDet's B0..B6 at
     each φ (integer φ in 0..7). A member that cannot be built legally raises a one-line
@@ -268,8 +297,8 @@ def derive_family(
         raise ParameterError("phis", "the range has no members", "give e.g. 0-7")
     if not isinstance(prefix, str) or not prefix.strip() or any(c in prefix for c in "/\\ "):
         raise ParameterError("prefix", f"{prefix!r} cannot start a file name", "use e.g. d")
-    members = []
-    for phi in phis:
+    members: list[FamilyMember] = []
+    for index, phi in enumerate(phis):
         name = f"{prefix}{phi}"
         try:
             config = from_scaling(spec, phi, num_classes=num_classes, fusion=fusion, name=name)
@@ -278,12 +307,22 @@ def derive_family(
         except ParameterError:
             raise
         except ValueError as exc:
+            why = " ".join(str(exc).split())
+            if up_to_legal and members:
+                left = tuple((f"{prefix}{p}", why if p == phi else "") for p in phis[index:])
+                return Family(
+                    members=tuple(members),
+                    spec=spec,
+                    fusion=fusion,
+                    backbone_table=backbone_table,
+                    left_out=left,
+                )
             fix = (f"use `phis` {phis[0]}-{phi - 1}" if phi > phis[0] else "lower the φ range") + (
                 " or smaller coefficients"
             )
             raise ParameterError(
                 "phis",
-                f"member {name} (φ = {phi}) is not a legal detector ({' '.join(str(exc).split())})",
+                f"member {name} (φ = {phi}) is not a legal detector ({why})",
                 fix,
             ) from None
         members.append(

@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -57,7 +58,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from effscale.detector.complexity import Complexity, count_complexity
+from effscale.detector.complexity import Complexity
 from effscale.detector.config import DetectorConfig
 from effscale.detector.train import (
     DataSettings,
@@ -69,10 +70,10 @@ from effscale.detector.train import (
 
 from .definition import DataSection, StudyDefinition
 from .errors import ParameterError
-from .family import build_configs, effective_multipliers
+from .family import CostMeter, build_configs, effective_multipliers
 from .space import PARAM_NAMES, CandidatePoint, Fixed, Range, SampledPoint, suggest
 from .surrogate import surrogate_accuracy
-from .trials import CONSTRAINT_NAME
+from .trials import CONSTRAINT_NAME, mean_interval
 
 __all__ = [
     "CONSTRAINT_NAME",
@@ -83,6 +84,7 @@ __all__ = [
     "is_out_of_memory",
     "release_memory",
     "train_inputs",
+    "seed_summary",
 ]
 
 #: COCO metrics recorded from training (fractions in [0, 1])
@@ -135,11 +137,13 @@ def train_inputs(
     ``data`` must be prepared (its ``dir`` set, see :func:`.data.prepare_data`). Every trial
     trains with the study seed (0 when unset), so that trials differ only in the architecture."""
     t = definition.train
-    if data.dir is None:
+    if data.dir is None and (data.train is None or data.val is None):
         raise ParameterError("data", "not prepared", "generate the data before training")
     return (
         DataSettings(
             dir=data.dir,
+            train=data.train,
+            val=data.val,
             train_subset=data.subset_train,
             val_subset=data.subset_val,
             num_workers=t.num_workers,
@@ -154,6 +158,7 @@ def train_inputs(
             **t.speed_settings(),
             # per-epoch AP feeds the pruner; without one, evaluate once at the end
             eval_every_epoch=definition.pruner.kind != "none",
+            pretrained=None if (w := definition.base.pretrained) is None else str(w),
         ),
     )
 
@@ -201,19 +206,57 @@ class Objective:
                     "data", 'objective.kind = "train" needs the prepared data', "pass data="
                 )
             self._train_inputs = train_inputs(definition, data)
-        self._cost_cache: dict[DetectorConfig, Complexity] = {}
+        self._meter = CostMeter(definition.base, num_classes=num_classes)
+        self._untrained_ap: float | None = None
 
     # -- cost -------------------------------------------------------------------------------
 
     def _cost(self, config: DetectorConfig) -> Complexity:
-        if config not in self._cost_cache:
-            self._cost_cache[config] = count_complexity(config)
-        return self._cost_cache[config]
+        return self._meter.complexity(config)
 
     def measured_ratio(self, point: CandidatePoint) -> float:
         """MACs per image of the φ=1 model over the proxy's (dimensionless)."""
-        phi0, phi1 = build_configs(self.definition.base, point, num_classes=self.num_classes)
-        return self._cost(phi1).macs / self._cost(phi0).macs
+        return self._meter.ratio(point)
+
+    def score_point(
+        self, point: CandidatePoint, seeds: Sequence[int], *, trial_number: int
+    ) -> list[float]:
+        """AP (a fraction in [0, 1]) of ``point``'s φ=1 model for each of ``seeds``, outside any
+        Optuna trial (``effscale confirm``): trained with the study's budget per seed, or the
+        surrogate with the noise of ``(study seed, trial_number, seed)``. A diverged or
+        out-of-memory training raises."""
+        d = self.definition
+        phi0, phi1 = build_configs(d.base, point, num_classes=self.num_classes)
+        aps = []
+        for seed in seeds:
+            if d.objective.kind == "surrogate":
+                assert d.objective.surrogate is not None
+                if d.constraint.kind == "measured":
+                    depth, width, resolution = effective_multipliers(phi0, phi1)
+                else:
+                    depth, width, resolution = point.alpha, point.beta, point.gamma
+                ap = surrogate_accuracy(
+                    d.objective.surrogate,
+                    depth=depth,
+                    width=width,
+                    resolution=resolution,
+                    noise_seed=(d.study.seed or 0, trial_number, seed),
+                )
+            else:
+                assert self._train_inputs is not None
+                data, settings = self._train_inputs
+                result = self.trainer(
+                    phi1,
+                    data=data,
+                    settings=replace(settings, seed=seed, eval_every_epoch=False),
+                    device=self.device,
+                    quiet=self.quiet,
+                )
+                ap = float(result.metrics["ap"])
+            if not math.isfinite(ap):
+                raise NonFiniteObjectiveError(f"AP is {ap} for seed {seed}")
+            aps.append(float(ap))
+        return aps
 
     # -- the trial --------------------------------------------------------------------------
 
@@ -313,40 +356,103 @@ class Objective:
             depth, width, resolution = effective_multipliers(phi0, phi1)
         else:
             depth, width, resolution = point.alpha, point.beta, point.gamma
-        ap = float(
-            surrogate_accuracy(
-                d.objective.surrogate,
-                depth=depth,
-                width=width,
-                resolution=resolution,
-                noise_seed=(d.study.seed or 0, trial.number),
+        aps = []
+        for seed in d.study.seeds:
+            ap = float(
+                surrogate_accuracy(
+                    d.objective.surrogate,
+                    depth=depth,
+                    width=width,
+                    resolution=resolution,
+                    noise_seed=(d.study.seed or 0, trial.number, seed),
+                )
             )
-        )
-        if not math.isfinite(ap):
-            raise NonFiniteObjectiveError(f"AP is {ap}; the trial is failed, not recorded")
-        trial.set_user_attr("ap", ap)
-        return ap
+            if not math.isfinite(ap):
+                raise NonFiniteObjectiveError(f"AP is {ap}; the trial is failed, not recorded")
+            aps.append(ap)
+        summary = seed_summary(d.study.seeds, aps)
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("ap", summary["ap_mean"])
+        return float(summary["ap_mean"])
 
     def _train(self, trial: optuna.Trial, phi1: DetectorConfig) -> float:
         assert self._train_inputs is not None
+        d = self.definition
+        data, settings = self._train_inputs
+        seeds = d.study.seeds
+        # per epoch, the APs of the seeds trained so far: the pruner sees their running mean at
+        # step "epochs trained over all seeds so far", the same step in every trial
+        by_epoch: dict[int, list[float]] = {}
+        offset = 0
+        results: list[TrainResult] = []
+        for index, seed in enumerate(seeds):
+            # the first training of this objective also scores the untrained model, once
+            floor = self._untrained_ap is None and index == 0
+            seed_settings = replace(settings, seed=seed, eval_untrained=floor)
+            result = self._train_seed(trial, phi1, seed_settings, by_epoch=by_epoch, offset=offset)
+            if floor and result.untrained_metrics is not None:
+                self._untrained_ap = float(result.untrained_metrics["ap"])
+            results.append(result)
+            offset += result.epochs
+            trial.set_user_attr("seeds_done", index + 1)
+        aps = [float(r.metrics["ap"]) for r in results]
+        summary = seed_summary(seeds, aps)
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        for name in METRIC_NAMES:  # the mean over seeds; an undefined breakdown (NaN) is None
+            values = [float(r.metrics.get(name, math.nan)) for r in results]
+            mean = sum(values) / len(values)
+            trial.set_user_attr(name, mean if math.isfinite(mean) else None)
+        trial.set_user_attr("ap", summary["ap_mean"])
+        trial.set_user_attr("steps_per_seed", [int(r.steps) for r in results])
+        trial.set_user_attr(
+            "images_per_s", sum(float(r.images_per_s) for r in results) / len(results)
+        )
+        trial.set_user_attr("train_seconds", sum(float(r.seconds) for r in results))
+        trial.set_user_attr("levers", dict(results[0].levers))
+        # an untrained detector scores about the same whatever its size: the first trained
+        # architecture of this objective gives the floor that every trained point must clear
+        if self._untrained_ap is not None:
+            trial.set_user_attr("untrained_ap", self._untrained_ap)
+        warnings = _training_warnings(settings, results, summary["ap_mean"], self._untrained_ap)
+        if warnings:
+            trial.set_user_attr("warnings", warnings)
+        return float(summary["ap_mean"])
+
+    def _train_seed(
+        self,
+        trial: optuna.Trial,
+        phi1: DetectorConfig,
+        settings: TrainSettings,
+        *,
+        by_epoch: dict[int, list[float]],
+        offset: int,
+    ) -> TrainResult:
+        """Train ``phi1`` once with ``settings`` (one seed): per-epoch AP to the pruner, one retry
+        at half the batch after running out of memory, a diverged loss ends the trial PRUNED."""
+        assert self._train_inputs is not None
+        data = self._train_inputs[0]
         single = len(self.definition.study.objectives) == 1
-        trial_reported: set[int] = set()
+        reported: set[int] = set()
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             ap = float(metrics["ap"])
             trial.set_user_attr("last_epoch", epoch)
             if not math.isfinite(ap):
                 raise NonFiniteObjectiveError(f"AP is {ap} after epoch {epoch}")
+            if epoch in reported:  # a retry at half the batch reports its epochs again
+                return
+            reported.add(epoch)
+            by_epoch.setdefault(epoch, []).append(ap)
             if single:  # Optuna cannot report or prune multi-objective trials
-                if epoch not in trial_reported:  # a retry at half the batch reports again
-                    trial_reported.add(epoch)
-                    trial.report(ap, epoch)
+                seen = by_epoch[epoch]
+                trial.report(sum(seen) / len(seen), offset + epoch)
                 if trial.should_prune():
                     trial.set_user_attr("pruned_at_epoch", epoch)
                     trial.set_user_attr("prune_reason", "pruner")
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} at AP {ap:.4f}")
 
-        data, settings = self._train_inputs
         oom: str | None = None
         diverged: tuple[int, str] | None = None
         result = None
@@ -389,13 +495,52 @@ class Objective:
             trial.set_user_attr("oom_error", oom)
             settings = replace(settings, batch_size=half)
         assert result is not None
-        for name in METRIC_NAMES:  # an undefined size breakdown (NaN) is stored as None
-            value = float(result.metrics.get(name, math.nan))
-            trial.set_user_attr(name, value if math.isfinite(value) else None)
-        trial.set_user_attr("images_per_s", float(result.images_per_s))
-        trial.set_user_attr("train_seconds", float(result.seconds))
-        trial.set_user_attr("levers", dict(result.levers))
-        return float(result.metrics["ap"])
+        return result
+
+
+def seed_summary(seeds: Sequence[int], aps: Sequence[float]) -> dict[str, Any]:
+    """The user attrs of a point trained once per seed: ``seeds``, ``ap_per_seed`` (in the
+    order of ``seeds``), ``ap_mean``, ``ap_std`` (the sample standard deviation; ``None`` for one
+    seed), ``ap_ci95`` (the 95% confidence interval of the mean, ``[low, high]``,
+    :func:`.trials.mean_interval`; ``None`` for one seed) and ``n_seeds``. APs are fractions in
+    [0, 1]."""
+    values = [float(a) for a in aps]
+    mean = sum(values) / len(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    interval = mean_interval(values, level=0.95)
+    return {
+        "seeds": list(seeds),
+        "ap_per_seed": values,
+        "ap_mean": mean,
+        "ap_std": std,
+        "ap_ci95": None if interval is None else list(interval),
+        "n_seeds": len(values),
+    }
+
+
+def _training_warnings(
+    settings: TrainSettings,
+    results: Sequence[TrainResult],
+    ap_mean: float,
+    untrained: float | None,
+) -> list[str]:
+    """Why a trained point's AP may mean nothing: fewer optimizer steps (or epochs) than asked,
+    or a mean AP not above an untrained model's."""
+    warnings = []
+    if settings.steps is not None:
+        short = [r.steps for r in results if r.steps < settings.steps]
+        if short:
+            warnings.append(f"fewer steps than asked ({min(short)} of {settings.steps})")
+    elif settings.epochs is not None:
+        short_epochs = [r.epochs for r in results if r.epochs < settings.epochs]
+        if short_epochs:
+            warnings.append(f"fewer epochs than asked ({min(short_epochs)} of {settings.epochs:g})")
+    if untrained is not None and ap_mean <= untrained:
+        warnings.append(
+            f"AP {ap_mean:.4f} is not above an untrained model's {untrained:.4f}: raise [train] "
+            "steps or use easier data"
+        )
+    return warnings
 
 
 def _duplicate_grid_point(trial: optuna.Trial) -> str | None:

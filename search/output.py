@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shlex
 import shutil
 import tempfile
 import uuid
@@ -32,6 +34,8 @@ from .version import effscale_version
 __all__ = [
     "MARKER",
     "display_path",
+    "shell_path",
+    "path_name",
     "safe_child",
     "read_marker",
     "study_files",
@@ -52,6 +56,21 @@ def display_path(path: str | Path) -> str:
     except ValueError:
         return str(resolved)
     return str(relative) if str(relative) != "." else "."
+
+
+def shell_path(path: str | Path) -> str:
+    """:func:`display_path`, quoted for a POSIX shell where needed, for hints that print a
+    command to paste (``effscale search 'my studies/a.toml'``)."""
+    return shlex.quote(display_path(path))
+
+
+def path_name(text: str, *, default: str = "study") -> str:
+    """``text`` (a study name, say) as one harmless file name: every run of characters other
+    than letters, digits, ``_``, ``-`` and ``.`` becomes ``-``, leading and trailing dots and
+    dashes go (no ``..``, no hidden file), at most 100 characters; ``default`` when nothing is
+    left. A study named ``../../../X`` exports to ``exports/X-trial3``, inside ``exports/``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-")[:100].strip(".-")
+    return name or default
 
 
 def safe_child(folder: str | Path, name: str | Path, *, what: str = "path") -> Path:
@@ -125,7 +144,7 @@ def check_output_dir(
 
     Refused: a file; a file-system root; a folder that is or holds one of the study's files
     (:func:`study_files`); a non-empty folder without ``overwrite``; and, with ``overwrite``, a
-    non-empty folder whose :data:`MARKER` does not name ``command`` and the study's
+    non-empty folder whose :data:`MARKER` does not name ``command``, the study's name and its
     fingerprint (``None`` for no study). Errors are :class:`.ParameterError` naming
     ``parameter``.
     """
@@ -160,7 +179,12 @@ def check_output_dir(
                 f"{out} holds no {MARKER}, so it is not an earlier effscale {command} output",
                 "--overwrite replaces only those; choose another folder",
             )
-        if marker.get("command") != command or marker.get("fingerprint") != fingerprint:
+        name = None if study is None else study.study.name
+        if (
+            marker.get("command") != command
+            or marker.get("fingerprint") != fingerprint
+            or marker.get("study") != name  # two studies may share one definition
+        ):
             made = f"effscale {marker.get('command')} of study {marker.get('study')!r}"
             raise ParameterError(
                 parameter,

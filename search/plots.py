@@ -12,6 +12,9 @@ against the trials.
   the best AP of each, where both axes are grid axes of a grid study; points otherwise),
   infeasible points as grey crosses, the best trial ringed and the paper's point (α=1.2, β=1.1,
   γ=1.15) starred.
+* :func:`plot_region` (``region.png``): mean AP over seeds with its 95% confidence interval
+  against α and against β, the region (the trials not significantly worse than the best,
+  :func:`.trials.find_region`) marked and the best starred.
 * :func:`plot_validation`: AP against MACs of the proxy scaled by each method at matched cost
   (the analogue of EfficientNet's Figure 8), and the proxy-rank fidelity scatter.
 """
@@ -19,12 +22,14 @@ against the trials.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from effscale.detector.complexity import count_complexity
 
@@ -33,9 +38,11 @@ from .definition import StudyDefinition
 from .family import Family, build_configs, corner_points
 from .output import safe_child
 from .trials import (
+    find_region,
     infeasible_trials,
     pareto_numbers,
     scored_trials,
+    seed_aps,
     trial_ap,
     trial_coordinates,
     trial_macs,
@@ -46,6 +53,8 @@ __all__ = [
     "PLOT_FILES",
     "CostPlot",
     "CoefficientPlot",
+    "RegionPlot",
+    "plot_region",
     "PlotFiles",
     "proxy_macs",
     "plot_ap_vs_macs",
@@ -63,7 +72,11 @@ PAPER: dict[str, float] = {
     "depth_step": 1.0,  # BiFPN cells +1 per φ
 }
 #: plot name -> file name (the report's plots)
-PLOT_FILES = {"ap_vs_macs": "ap_vs_macs.png", "coefficients": "coefficients.png"}
+PLOT_FILES = {
+    "ap_vs_macs": "ap_vs_macs.png",
+    "coefficients": "coefficients.png",
+    "region": "region.png",
+}
 
 
 def _finite(value: Any) -> float | None:
@@ -439,23 +452,143 @@ def plot_coefficients(
 
 
 @dataclass(frozen=True)
+class RegionPlot:
+    """What :func:`plot_region` drew: per feasible COMPLETE trial (``numbers``), its ``alpha``,
+    ``beta``, mean AP (``ap``) and the half-width of its 95% confidence interval over seeds
+    (``ap_error``; 0 with one seed), which trials are in the ``region``, the ``best`` and the
+    ``verdict``."""
+
+    numbers: tuple[int, ...]
+    alpha: tuple[float, ...]
+    beta: tuple[float, ...]
+    ap: tuple[float, ...]
+    ap_error: tuple[float, ...]
+    region: tuple[int, ...]
+    best: int | None
+    verdict: str
+    figure: Any = field(default=None, compare=False, repr=False)
+
+
+def _interval_half_width(values: Sequence[float], level: float = 0.95) -> float:
+    """Half the ``level`` confidence interval of the mean of ``values`` (Student's t)."""
+    if len(values) < 2:
+        return 0.0
+    return float(stats.sem(values) * stats.t.ppf(0.5 + level / 2, len(values) - 1))
+
+
+def plot_region(
+    definition: StudyDefinition,
+    trials: Sequence[Any],
+    *,
+    confirmations: Mapping[int, Mapping[str, Sequence[Any]]] | None = None,
+    path: str | Path | None = None,
+) -> RegionPlot:
+    """Mean AP with 95% confidence intervals over seeds against α and against β, the region
+    (:func:`.trials.find_region`) marked and the best starred; saves a PNG to ``path`` when
+    given. Returns the plotted data."""
+    region = find_region(trials, confirmations=confirmations)
+    rows = []
+    for t in scored_trials(trials):
+        aps = list(seed_aps(t, confirmations).values())
+        c = trial_coordinates(t)
+        alpha, beta = _finite(c["alpha"]), _finite(c["beta"])
+        if aps and alpha is not None and beta is not None:
+            rows.append((t.number, alpha, beta, statistics.fmean(aps), _interval_half_width(aps)))
+    data = RegionPlot(
+        numbers=tuple(r[0] for r in rows),
+        alpha=tuple(r[1] for r in rows),
+        beta=tuple(r[2] for r in rows),
+        ap=tuple(r[3] for r in rows),
+        ap_error=tuple(r[4] for r in rows),
+        region=region.members,
+        best=region.best,
+        verdict=region.verdict,
+    )
+    if path is None:
+        return data
+
+    figure = _figure(12.0, 4.4)
+    panels = figure.subplots(1, 2, sharey=True)
+    inside = [i for i, n in enumerate(data.numbers) if n in data.region]
+    outside = [i for i, n in enumerate(data.numbers) if n not in data.region]
+    for ax, name, xs in ((panels[0], "α (depth)", data.alpha), (panels[1], "β (width)", data.beta)):
+        for chosen, color, label in (
+            (outside, "0.6", "outside the region"),
+            (inside, "tab:red", "region (tied with the best)"),
+        ):
+            if chosen:
+                ax.errorbar(
+                    [xs[i] for i in chosen],
+                    [data.ap[i] for i in chosen],
+                    yerr=[data.ap_error[i] for i in chosen],
+                    fmt="o",
+                    ms=4,
+                    color=color,
+                    ecolor=color,
+                    elinewidth=1,
+                    capsize=2,
+                    label=label,
+                    gid="region" if chosen is inside else "outside",
+                )
+        if data.best in data.numbers:
+            i = data.numbers.index(data.best)
+            ax.scatter(
+                [xs[i]],
+                [data.ap[i]],
+                marker="*",
+                s=180,
+                color="tab:orange",
+                edgecolors="k",
+                linewidths=0.5,
+                zorder=5,
+                label=f"best #{data.best}",
+                gid="best",
+            )
+        ax.axvline(
+            PAPER["alpha" if name.startswith("α") else "beta"],
+            color="tab:green",
+            ls=":",
+            lw=1,
+            label="paper",
+        )
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel("AP: mean over seeds, 95% CI")
+    if not rows:
+        panels[0].set_title("no feasible trial has completed yet", fontsize=9, color="0.4")
+    panels[1].legend(fontsize=7, loc="lower right")
+    figure.suptitle(
+        f"{definition.study.name}: the region ({len(data.region)} trials), verdict {data.verdict}"
+    )
+    figure.savefig(path)
+    return replace(data, figure=figure)
+
+
+@dataclass(frozen=True)
 class PlotFiles:
     """The PNGs :func:`write_plots` wrote (plot name -> path) and the data of each plot."""
 
     paths: dict[str, Path]
     cost: CostPlot
     coefficients: CoefficientPlot
+    region: RegionPlot | None = None
 
 
 def write_plots(
-    definition: StudyDefinition, trials: Sequence[Any], *, out: str | Path
+    definition: StudyDefinition,
+    trials: Sequence[Any],
+    *,
+    out: str | Path,
+    confirmations: Mapping[int, Mapping[str, Sequence[Any]]] | None = None,
 ) -> PlotFiles:
-    """Write :data:`PLOT_FILES` into the existing folder ``out``."""
+    """Write :data:`PLOT_FILES` into the existing folder ``out`` (``confirmations``: the seeds
+    ``effscale confirm`` added, for the region)."""
     out = Path(out)
     paths = {name: safe_child(out, file) for name, file in PLOT_FILES.items()}
     cost = plot_ap_vs_macs(definition, trials, path=paths["ap_vs_macs"])
     coefficients = plot_coefficients(definition, trials, path=paths["coefficients"])
-    return PlotFiles(paths=paths, cost=cost, coefficients=coefficients)
+    region = plot_region(definition, trials, confirmations=confirmations, path=paths["region"])
+    return PlotFiles(paths=paths, cost=cost, coefficients=coefficients, region=region)
 
 
 def plot_validation(

@@ -5,7 +5,7 @@ written into a folder atomically (:mod:`.output`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +16,9 @@ from .markdown import cell, code_fence
 from .output import atomic_directory, safe_child
 from .plots import PAPER, PLOT_FILES, PlotFiles, write_plots
 from .trials import (
+    Region,
     count_states,
+    find_region,
     infeasible_trials,
     pareto_numbers,
     scored_trials,
@@ -43,7 +45,11 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-def _trial_rows(trials: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
+def _trial_rows(
+    trials: Sequence[Any], region: Region | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """Rows of a trial table; with ``region``, also each trial's AP spread over its seeds and
+    its p-value against the region's best."""
     headers = [
         "trial",
         "α",
@@ -74,6 +80,15 @@ def _trial_rows(trials: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
                 t.user_attrs.get("resolution"),
             ]
         )
+        if region is not None:
+            p = region.p_values.get(t.number)
+            rows[-1] += [
+                _finite(t.user_attrs.get("ap_std")),
+                t.user_attrs.get("n_seeds"),
+                "best" if t.number == region.best else ("–" if p is None else f"{p:.3g}"),
+            ]
+    if region is not None:
+        headers += ["AP std", "seeds", "p vs best"]
     return headers, rows
 
 
@@ -116,13 +131,16 @@ def render_markdown(
     version: str | None = None,
     made_by: str | None = None,
     packing: str | None = None,
+    confirmations: Mapping[int, Mapping[str, Sequence[Any]]] | None = None,
 ) -> str:
-    """The Markdown report: counts, the best trials, a table per objective (and the Pareto
-    front for two), the coefficients against the paper's, the plots and the study file
-    (``study_text``, by default the one stored with the study or the definition's).
-    ``packing``: how the last GPU run packed trials (the reason line of the study's ``packing``
-    user attr)."""
+    """The Markdown report: counts, the region and its verdict, the best trials, a table per
+    objective (and the Pareto front for two), the coefficients against the paper's, the plots
+    and the study file (``study_text``, by default the one stored with the study or the
+    definition's). ``packing``: how the last GPU run packed trials (the reason line of the
+    study's ``packing`` user attr); ``confirmations``: the seeds ``effscale confirm`` added."""
     d = definition
+    region = find_region(trials, confirmations=confirmations)
+    by_number = {t.number: t for t in trials}
     scored = scored_trials(trials)
     counts = count_states(trials)
     infeasible = len(infeasible_trials(trials))
@@ -146,6 +164,27 @@ def render_markdown(
         "- MACs are multiply-adds per image of the φ=1 model; GMACs = MACs / 1e9",
         *([f"- packing of the last GPU run: {packing}"] if packing else []),
         "",
+        "## The answer: the region",
+        "",
+        f"**{region.advice}**",
+        "",
+        "The region is every feasible trial whose mean AP is not significantly below the best's "
+        f"at {region.level:.0%} (one-sided paired t-test on the seeds both trained with); its "
+        "coefficients span:",
+        "",
+        _table(
+            ["coefficient", "low", "high", "paper", "paper inside"],
+            [
+                [name, lo, hi, PAPER[name], lo <= PAPER[name] <= hi]
+                for name, (lo, hi) in region.ranges.items()
+            ],
+        ),
+        "",
+        *(
+            [_table(*_trial_rows([by_number[n] for n in region.members], region)), ""]
+            if region.members
+            else []
+        ),
         "## Best trials",
         "",
     ]
@@ -200,6 +239,8 @@ def render_markdown(
             "",
             f"![Coefficients coloured by AP]({PLOT_FILES['coefficients']})",
             "",
+            f"![AP with 95% CIs against alpha and beta, the region marked]({PLOT_FILES['region']})",
+            "",
         ]
     text = study_text if study_text is not None else d.text
     fence = code_fence(text)
@@ -231,15 +272,17 @@ def write_report(
     version: str | None = None,
     made_by: str | None = None,
     packing: str | None = None,
+    confirmations: Mapping[int, Mapping[str, Sequence[Any]]] | None = None,
 ) -> ReportFiles:
-    """Write the plots and ``report.md`` for ``trials`` into the folder ``out``, atomically.
+    """Write the plots and ``report.md`` for ``trials`` into the folder ``out``, atomically
+    (``confirmations``: the seeds ``effscale confirm`` added, for the region).
 
     ``out`` must be new or empty, or with ``overwrite`` an earlier report of this study
     (:func:`.output.check_output_dir`): another folder, or one holding the study's files, is
     refused and left as it was.
     """
     with atomic_directory(out, command="report", study=definition, overwrite=overwrite) as tmp:
-        plots = write_plots(definition, trials, out=tmp)
+        plots = write_plots(definition, trials, out=tmp, confirmations=confirmations)
         report = safe_child(tmp, REPORT_FILE)
         report.write_text(
             render_markdown(
@@ -250,6 +293,7 @@ def write_report(
                 version=version,
                 made_by=made_by,
                 packing=packing,
+                confirmations=confirmations,
             )
         )
     out = Path(out)
@@ -257,6 +301,7 @@ def write_report(
         paths={k: out / p.name for k, p in plots.paths.items()},
         cost=plots.cost,
         coefficients=plots.coefficients,
+        region=plots.region,
     )
     return ReportFiles(
         out=out, report=out / REPORT_FILE, plots=final, files=tuple(sorted(out.iterdir()))

@@ -12,11 +12,14 @@ Sections (see ``studies/*.toml`` for commented examples)::
                  objectives (["ap"] or ["ap", "macs"])
     [base]       preset = "d0" .. "d7", or backbone_width, backbone_depth, resolution_base and
                  bifpn = {width_base, depth_base, head_depth_base, head_depth_period};
-                 phi_proxy, resolution (pixels, overrides the proxy's), num_classes, fusion
+                 phi_proxy, resolution (pixels, overrides the proxy's), num_classes, fusion,
+                 pretrained (a timm EfficientNet name or a weights file; every φ=1 backbone
+                 of the space must fit it)
     [space]      alpha, beta, gamma, width_growth, depth_step, fusion: a value, a list (grid
                  axis / choices) or a range {low, high, step?}
     [constraint] target (2.0), tolerance (0.05, > 0), kind (formula|measured), mode (band|solve)
-    [data]       dir = "coco/folder" or generate = {train, val, seed, image_size, num_classes};
+    [data]       dir = "coco/folder", generate = {train, val, seed, image_size, num_classes}
+                 or train = {annotations = "x.json", images = "dir"} and val = {...};
                  subset = {train, val}
     [train]      one of epochs|steps|seconds; batch_size, lr, optimizer, device, num_workers
     [pruner]     kind = none|median|hyperband|successive_halving, plus that pruner's options
@@ -34,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from effscale.detector.config import FUSION_METHODS, PRESET_NAMES, preset
+from effscale.detector.data.layout import CocoSplit
+from effscale.detector.pretrained import PretrainedError, check_pretrained_fits, is_weights_file
 from effscale.detector.scaling import PHI_RANGE, RESOLUTION_MULTIPLE, BifpnRule, round_resolution
 
 from .definition import (
@@ -41,6 +46,9 @@ from .definition import (
     CACHES,
     COMPILE_MODES,
     DEVICES,
+    MAX_SEED,
+    MAX_SEEDS,
+    MAX_TRIALS,
     OBJECTIVE_KINDS,
     OPTIMIZERS,
     PRUNER_OPTIONS,
@@ -58,7 +66,7 @@ from .definition import (
     check_definition,
 )
 from .errors import ParameterError
-from .family import check_buildable
+from .family import build_configs, check_buildable, corner_points
 from .space import (
     CONSTRAINT_KINDS,
     CONSTRAINT_MODES,
@@ -84,6 +92,12 @@ class StudyFileError(ValueError):
 
 
 _KeyError = ParameterError
+
+#: budgets and worker counts beyond which a value is a typo, not a study (the training's own
+#: limits are ``effscale.detector.train.MAX_EPOCHS`` / ``MAX_STEPS``)
+_MAX_EPOCHS = 100_000
+_MAX_STEPS = 1_000_000_000
+_MAX_WORKERS = 1024
 
 
 _MISSING = object()
@@ -209,8 +223,9 @@ def _read_study(table: _Table, stem: str) -> StudySection:
             f"must be a URL string, got {_type_name(storage)}",
             f'write storage = "sqlite:///{stem}.db"',
         )
-    seed = table.int("seed", None, low=0)
-    n_trials = table.int("n_trials", None, low=1)
+    seed = table.int("seed", None, low=0, high=MAX_SEED)
+    n_trials = table.int("n_trials", None, low=1, high=MAX_TRIALS)
+    seeds = _read_seeds(table)
     objectives = table.raw("objectives", ["ap"])
     if (
         not isinstance(objectives, list)
@@ -229,10 +244,34 @@ def _read_study(table: _Table, stem: str) -> StudySection:
         seed=seed,
         n_trials=n_trials,
         objectives=tuple(objectives),
+        seeds=seeds,
     )
 
 
-def _read_base(table: _Table) -> BaseSection:
+def _read_seeds(table: _Table) -> tuple[int, ...]:
+    """``[study] seeds``: the training seeds every point is trained with (distinct integers)."""
+    seeds = table.raw("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(_is_int(s) and 0 <= s < 2**31 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise _KeyError(
+            table.key("seeds"),
+            f"must be a list of distinct integers in [0, 2^31), got {seeds!r}",
+            "write seeds = [0, 1, 2] (each point is trained once per seed)",
+        )
+    if len(seeds) > MAX_SEEDS:
+        raise _KeyError(
+            table.key("seeds"),
+            f"{len(seeds)} seeds, more than {MAX_SEEDS} per point",
+            "use a few seeds here and `effscale confirm` for the best points",
+        )
+    return tuple(seeds)
+
+
+def _read_base(table: _Table, folder: Path) -> BaseSection:
     spec_keys = ("backbone_width", "backbone_depth", "bifpn", "resolution_base")
     given = [k for k in spec_keys if table.has(k)]
     phi_proxy = table.number("phi_proxy", 0.0)
@@ -294,7 +333,58 @@ def _read_base(table: _Table) -> BaseSection:
         resolution=resolution,
         num_classes=num_classes,
         fusion=table.choice("fusion", FUSION_METHODS, fusion_default),
+        pretrained=_read_pretrained(table, folder),
     )
+
+
+def _read_pretrained(table: _Table, folder: Path) -> str | Path | None:
+    """``[base] pretrained``: a timm model name as written, or a weights file (absolute)."""
+    if not table.has("pretrained"):
+        return None
+    raw = table.raw("pretrained")
+    if not isinstance(raw, str) or not raw.strip():
+        raise _KeyError(
+            table.key("pretrained"),
+            f"must be a string, got {raw!r}",
+            'write pretrained = "tf_efficientnet_b0" or a weights file (relative to the study file)',
+        )
+    if not is_weights_file(raw):
+        return raw
+    path = (folder / raw).expanduser().resolve()
+    if not path.is_file():
+        raise _KeyError(
+            table.key("pretrained"),
+            f"{path} is not a file",
+            "point it at a state-dict file (relative to the study file) or name a timm model",
+        )
+    return path
+
+
+def _check_pretrained(d: StudyDefinition) -> None:
+    """``[base] pretrained`` fits the backbone of every φ=1 model the space can sample (the
+    models trials train), checked before any trial. Backbone layers grow monotonically with
+    alpha and beta, so the space's two corners fitting the same weights means every point
+    does."""
+    if d.base.pretrained is None:
+        return
+    if d.objective.kind != "train":
+        raise _KeyError(
+            "base.pretrained",
+            f'nothing is trained with objective.kind = "{d.objective.kind}"',
+            "drop pretrained or train the trials",
+        )
+    for corner, point in zip(("smallest", "largest"), corner_points(d.space, d.constraint)):
+        _, phi1 = build_configs(d.base, point, num_classes=d.base.num_classes or 90)
+        try:
+            check_pretrained_fits(phi1.backbone, d.base.pretrained, padding=phi1.padding)
+        except PretrainedError as exc:
+            raise _KeyError(
+                "base.pretrained",
+                f"at the {corner} point of the space (alpha {point.alpha:g}, beta "
+                f"{point.beta:g}): {exc.problem}",
+                f"{exc.fix}; the weights must fit every trained φ=1 model, so fix alpha and "
+                "beta (or narrow them) to values whose backbone is the weights'",
+            ) from None
 
 
 def _read_bifpn(table: _Table | None) -> BifpnRule:
@@ -439,20 +529,66 @@ def _read_constraint(table: _Table) -> CostConstraint:
     return CostConstraint(
         target=target,
         tolerance=tolerance,
-        kind=table.choice("kind", CONSTRAINT_KINDS, "formula"),
+        kind=table.choice("kind", CONSTRAINT_KINDS, "measured"),
         mode=table.choice("mode", CONSTRAINT_MODES, "solve"),
     )
 
 
+_SPLIT_EXAMPLE = (
+    'train = {annotations = "annotations/instances_train2017.json", images = "train2017"}'
+)
+
+
+def _read_split(table: _Table, name: str, folder: Path) -> CocoSplit:
+    """``[data] train`` or ``val``: ``{annotations = "x.json", images = "dir"}``, relative to
+    the study file, the file and the folder present."""
+    sub = _Table(table.raw(name), table.key(name), ("annotations", "images"))
+    paths = {}
+    for key, kind in (("annotations", "file"), ("images", "folder")):
+        raw = sub.raw(key)
+        if not isinstance(raw, str) or not raw:
+            raise _KeyError(
+                sub.key(key),
+                f"must be a path string, got {raw!r}",
+                f"write {_SPLIT_EXAMPLE} (relative to the study file)",
+            )
+        path = (folder / raw).resolve()
+        present = path.is_file() if kind == "file" else path.is_dir()
+        if not present:
+            problem = "does not exist" if not path.exists() else f"is not a {kind}"
+            what = "a COCO instances json" if kind == "file" else "the folder of its images"
+            raise _KeyError(
+                sub.key(key),
+                f"{path} {problem}",
+                f"point it at {what} (relative to the study file)",
+            )
+        paths[key] = path
+    return CocoSplit(annotations=paths["annotations"], images=paths["images"])
+
+
 def _read_data(table: _Table, folder: Path) -> DataSection:
-    if table.has("dir") == table.has("generate"):
+    forms = [k for k in ("dir", "generate") if table.has(k)]
+    forms += ["train/val"] if table.has("train") or table.has("val") else []
+    if len(forms) != 1:
         raise _KeyError(
             table.where,
-            "needs exactly one of dir and generate",
-            'write dir = "path/to/coco" or generate = {train = 200, val = 50}',
+            "needs exactly one of dir, generate and train + val"
+            + (f", got {' and '.join(forms)}" if forms else ""),
+            'write dir = "path/to/coco", generate = {train = 200, val = 50} or '
+            f"{_SPLIT_EXAMPLE} with val = {{...}}",
         )
-    directory = generate = None
-    if table.has("dir"):
+    directory = generate = train = val = None
+    if forms == ["train/val"]:
+        for name in ("train", "val"):
+            if not table.has(name):
+                raise _KeyError(
+                    table.key(name),
+                    "missing (train and val are given together)",
+                    f"add {name} = {{annotations = ..., images = ...}} to [data]",
+                )
+        train = _read_split(table, "train", folder)
+        val = _read_split(table, "val", folder)
+    elif table.has("dir"):
         raw = table.raw("dir")
         if not isinstance(raw, str) or not raw:
             raise _KeyError(
@@ -471,14 +607,28 @@ def _read_data(table: _Table, folder: Path) -> DataSection:
         sub = _Table(
             table.raw("generate"),
             table.key("generate"),
-            ("train", "val", "seed", "image_size", "num_classes"),
+            (
+                "train",
+                "val",
+                "seed",
+                "image_size",
+                "num_classes",
+                "min_object_size",
+                "max_object_size",
+                "max_objects",
+            ),
         )
+        image_size = sub.int("image_size", 96, low=32, high=4096)
+        min_object = sub.int("min_object_size", 8, low=1, high=image_size)
         generate = GenerateSpec(
             train=sub.int("train", low=1),
             val=sub.int("val", low=1),
-            seed=sub.int("seed", 0, low=0),
-            image_size=sub.int("image_size", 96, low=32, high=4096),
+            seed=sub.int("seed", 0, low=0, high=MAX_SEED),
+            image_size=image_size,
             num_classes=sub.int("num_classes", 6, low=1, high=8),
+            min_object_size=min_object,
+            max_object_size=sub.int("max_object_size", None, low=min_object, high=image_size),
+            max_objects=sub.int("max_objects", 8, low=1, high=64),
         )
     subset_train = subset_val = None
     subset = table.table("subset", ("train", "val"))
@@ -487,7 +637,12 @@ def _read_data(table: _Table, folder: Path) -> DataSection:
         subset_train = sub.int("train", None, low=1)
         subset_val = sub.int("val", None, low=1)
     return DataSection(
-        dir=directory, generate=generate, subset_train=subset_train, subset_val=subset_val
+        dir=directory,
+        generate=generate,
+        subset_train=subset_train,
+        subset_val=subset_val,
+        train=train,
+        val=val,
     )
 
 
@@ -500,8 +655,13 @@ def _read_train(table: _Table, required: bool) -> TrainSection:
             "give exactly one budget: epochs, steps or seconds",
         )
     if required and not budgets:
+        raise _KeyError(table.where, "no training budget", "add steps = 500 or epochs = 10")
+    if required and "seconds" in budgets:
         raise _KeyError(
-            table.where, "no training budget", "add one of epochs = 10, steps = 500 or seconds = 60"
+            table.key("seconds"),
+            "a wall-clock budget depends on the machine's load, so the same study would train "
+            "other models on another day",
+            "give steps = N or epochs = N (effscale train keeps --seconds)",
         )
     seconds = table.number("seconds", None)
     if seconds is not None and seconds <= 0:
@@ -510,8 +670,8 @@ def _read_train(table: _Table, required: bool) -> TrainSection:
     if lr <= 0:
         raise _KeyError(table.key("lr"), f"must be > 0, got {lr:g}", "e.g. lr = 0.01")
     return TrainSection(
-        epochs=table.int("epochs", None, low=1),
-        steps=table.int("steps", None, low=1),
+        epochs=table.int("epochs", None, low=1, high=_MAX_EPOCHS),
+        steps=table.int("steps", None, low=1, high=_MAX_STEPS),
         seconds=seconds,
         batch_size=table.int("batch_size", 16, low=2),
         lr=lr,
@@ -613,13 +773,20 @@ def _read_objective(table: _Table | None) -> ObjectiveSection:
                 values.append(value)
             per_axis.append(tuple(values))
         noise = sub.number("noise", 0.0)
-        if noise < 0:
+        if not 0 <= noise <= 1:
             raise _KeyError(
                 sub.key("noise"),
-                f"must be >= 0, got {noise:g}",
-                "noise is a standard deviation, e.g. noise = 0.002",
+                f"must be in [0, 1] (AP is a fraction), got {noise:g}",
+                "noise is a standard deviation of AP, e.g. noise = 0.002",
             )
-        constants = SurrogateConstants(A=sub.number("A"), c=per_axis[0], p=per_axis[1], noise=noise)
+        ceiling = sub.number("A")
+        if not 0 < ceiling <= 1:
+            raise _KeyError(
+                sub.key("A"),
+                f"must be in (0, 1] (the AP ceiling, a fraction), got {ceiling:g}",
+                "write A = 0.55",
+            )
+        constants = SurrogateConstants(A=ceiling, c=per_axis[0], p=per_axis[1], noise=noise)
     return ObjectiveSection(kind=kind, surrogate=constants)
 
 
@@ -687,7 +854,7 @@ def _read_execution(table: _Table | None, folder: Path) -> ExecutionSection:
         storage_path = (folder / storage_path).resolve()
     return ExecutionSection(
         backend=table.choice("backend", BACKENDS, "optuna"),
-        workers=table.int("workers", 1, low=1),
+        workers=table.int("workers", 1, low=1, high=_MAX_WORKERS),
         gpus=tuple(gpus),
         trials_per_gpu=_read_trials_per_gpu(table),
         address=address,
@@ -743,6 +910,12 @@ def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
                 f"not valid TOML ({' '.join(str(exc).split())})",
                 "fix the syntax at that line",
             ) from None
+        except RecursionError:
+            raise _KeyError(
+                "toml",
+                "nested too deeply to read (thousands of nested arrays or tables)",
+                "write the values flat",
+            ) from None
         root = _Table(raw, "", _SECTIONS)
         for name in ("study", "base", "space"):
             if not root.has(name):
@@ -767,10 +940,12 @@ def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
                     "resolution",
                     "num_classes",
                     "fusion",
+                    "pretrained",
                 ),
-            )
+            ),
+            path.parent,
         )
-        data_table = root.table("data", ("dir", "generate", "subset"))
+        data_table = root.table("data", ("dir", "generate", "train", "val", "subset"))
         definition = StudyDefinition(
             path=path,
             text=text,
@@ -778,7 +953,7 @@ def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
                 _Table(
                     raw["study"],
                     "study",
-                    ("name", "storage", "sampler", "seed", "n_trials", "objectives"),
+                    ("name", "storage", "sampler", "seed", "seeds", "n_trials", "objectives"),
                 ),
                 path.stem,
             ),
@@ -822,6 +997,7 @@ def parse_study_text(text: str, *, path: str | Path) -> StudyDefinition:
         )
         check_definition(definition)
         check_buildable(definition)
+        _check_pretrained(definition)
     except ParameterError as exc:
         raise StudyFileError(f"{path.name}: {exc}") from None
     return definition

@@ -16,19 +16,23 @@ trial stopped (``infeasible_reason``, ``prune_reason``, ``fail_reason``, ``error
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from scipy import stats
 
 from .definition import StudyDefinition
 from .errors import ParameterError
+from .output import shell_path
 from .space import PARAM_NAMES, CandidatePoint
-from .storage import open_storage, resolve_storage_url
+from .storage import check_storage_file, open_storage, resolve_storage_url
 
 __all__ = [
+    "mean_interval",
     "CONSTRAINT_NAME",
     "CONSTRAINTS_ATTR",
     "CONSTRAINT_NAMES_ATTR",
@@ -47,6 +51,7 @@ __all__ = [
     "infeasible_trials",
     "best_trial",
     "top_trials",
+    "cost_ratio_spread",
     "pareto_numbers",
     "pareto_front",
     "choose_trial",
@@ -54,7 +59,20 @@ __all__ = [
     "load_study",
     "load_trials",
     "count_states",
+    "CONFIRM_ATTR",
+    "VERDICTS",
+    "Region",
+    "seed_aps",
+    "study_confirmations",
+    "paired_p_value",
+    "find_region",
 ]
+
+#: the study user attr holding ``effscale confirm``'s extra seeds: trial number (a string) ->
+#: ``{"seeds": [...], "ap_per_seed": [...]}`` (Optuna cannot change a finished trial)
+CONFIRM_ATTR = "confirm"
+#: what the region says about the answer
+VERDICTS = ("resolved", "tied", "noise")
 
 #: the key of the cost constraint given to ``Trial.set_constraint``
 CONSTRAINT_NAME = "cost_ratio"
@@ -169,19 +187,25 @@ def trial_note(trial: Any) -> str:
 
 
 def trial_record(trial: Any) -> dict[str, Any]:
-    """A flat summary of one trial: number, state, coordinates, AP, cost ratio, feasibility,
-    GMACs (1e9 multiply-adds per image of the φ=1 model), resolution (pixels) and a note."""
+    """A flat summary of one trial: number, state, coordinates, AP (the mean over its seeds),
+    its standard deviation and seed count, cost ratio, feasibility, GMACs (1e9 multiply-adds per
+    image of the φ=1 model), resolution (pixels), the training's warnings (``flag``: too few
+    steps, AP not above an untrained model's) and a note."""
     attrs = trial.user_attrs
     macs = trial_macs(trial)
+    warnings = attrs.get("warnings") or []
     return {
         "number": trial.number,
         "state": trial.state.name,
         **trial_coordinates(trial),
         "ap": trial_ap(trial),
+        "ap_std": _finite(attrs.get("ap_std")),
+        "n_seeds": attrs.get("n_seeds"),
         "cost_ratio": attrs.get("cost_ratio"),
         "feasible": attrs.get("feasible"),
         "gmacs": None if macs is None else macs / 1e9,
         "resolution": attrs.get("resolution"),
+        "flag": "; ".join(str(w) for w in warnings),
         "note": trial_note(trial),
     }
 
@@ -217,6 +241,13 @@ def best_trial(trials: Sequence[Any]) -> Any | None:
 def top_trials(trials: Sequence[Any], k: int) -> list[Any]:
     """The ``k`` feasible COMPLETE trials with the highest AP (ties: lower number first)."""
     return sorted(scored_trials(trials), key=lambda t: (-(trial_ap(t) or 0.0), t.number))[:k]
+
+
+def cost_ratio_spread(trials: Sequence[Any]) -> tuple[float, float] | None:
+    """The lowest and highest cost ratio (φ=1 over φ=0, measured or formula as the study
+    gated) of the feasible COMPLETE trials, or ``None`` when there is none."""
+    ratios = [r for t in scored_trials(trials) if (r := _finite(t.user_attrs.get("cost_ratio")))]
+    return (min(ratios), max(ratios)) if ratios else None
 
 
 def pareto_numbers(points: Sequence[tuple[int, float, float]]) -> tuple[int, ...]:
@@ -344,10 +375,11 @@ def open_existing_storage(definition: StudyDefinition, *, storage: str | None = 
     """The Optuna storage object of ``definition``'s study (``storage`` overrides ``[study]
     storage``), refusing a storage file that does not exist yet rather than creating it."""
     location = resolve_storage_url(storage or definition.storage_url, base_dir=definition.folder)
+    check_storage_file(location)  # a folder, or a file of another kind, is not "no study yet"
     if location.path is not None and not location.path.is_file():
         raise FileNotFoundError(
             f"no study yet: {location.path} does not exist; run `effscale search "
-            f"{definition.path}` first"
+            f"{shell_path(definition.path)}` first"
         )
     return open_storage(location)
 
@@ -363,7 +395,7 @@ def load_study(definition: StudyDefinition, storage: str | None = None) -> optun
         raise ParameterError(
             "study.name",
             f"no study {definition.study.name!r} in {storage or definition.storage_url}",
-            f"run `effscale search {definition.path}` first",
+            f"run `effscale search {shell_path(definition.path)}` first",
         ) from None
 
 
@@ -378,3 +410,178 @@ def count_states(trials: Sequence[Any]) -> dict[str, int]:
     """The number of trials in each state (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``,
     ``WAITING``), zeros included."""
     return {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
+
+
+# ------------------------------------------------------------------------------- the region
+
+
+def study_confirmations(study: optuna.Study) -> dict[int, dict[str, list[Any]]]:
+    """``effscale confirm``'s results stored with ``study``: trial number -> ``{"seeds": [...],
+    "ap_per_seed": [...]}`` (empty when the study was never confirmed)."""
+    stored = study.user_attrs.get(CONFIRM_ATTR) or {}
+    return {int(number): dict(entry) for number, entry in stored.items()}
+
+
+def seed_aps(
+    trial: Any, confirmations: Mapping[int, Mapping[str, Sequence[Any]]] | None = None
+) -> dict[int, float]:
+    """The trial's AP per training seed: its ``seeds``/``ap_per_seed`` user attrs, with the
+    seeds ``effscale confirm`` added (``confirmations``). A trial stored without per-seed attrs
+    counts as one seed, 0."""
+    seeds = trial.user_attrs.get("seeds")
+    aps = trial.user_attrs.get("ap_per_seed")
+    found: dict[int, float] = {}
+    if isinstance(seeds, list) and isinstance(aps, list) and len(seeds) == len(aps):
+        found = {int(s): float(a) for s, a in zip(seeds, aps) if _finite(a) is not None}
+    else:
+        ap = trial_ap(trial)
+        if ap is not None:
+            found = {0: ap}
+    extra = (confirmations or {}).get(trial.number)
+    if extra:
+        for s, a in zip(extra.get("seeds", []), extra.get("ap_per_seed", [])):
+            if _finite(a) is not None and int(s) not in found:
+                found[int(s)] = float(a)
+    return found
+
+
+def mean_interval(values: Sequence[float], *, level: float = 0.95) -> tuple[float, float] | None:
+    """The ``level`` confidence interval of the mean of ``values`` (APs over seeds, fractions in
+    [0, 1]): Student's t (``scipy.stats.t.interval``) with the standard error of the mean;
+    ``None`` below two values. Values that are all equal give the point itself."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    sem = float(stats.sem(values))
+    if not sem > 0:
+        return (mean, mean)
+    low, high = stats.t.interval(level, len(values) - 1, loc=mean, scale=sem)
+    return (float(low), float(high))
+
+
+def paired_p_value(better: Mapping[int, float], other: Mapping[int, float]) -> float | None:
+    """One-sided p-value that ``better``'s AP exceeds ``other``'s, paired on their shared seeds
+    (``scipy.stats.ttest_rel``, ``alternative="greater"``); ``None`` with fewer than two shared
+    seeds. Differences that are all equal (no noise; to 1e-9 relative) give 0 when positive,
+    else 1."""
+    shared = sorted(set(better) & set(other))
+    if len(shared) < 2:
+        return None
+    diffs = [better[s] - other[s] for s in shared]
+    if math.isclose(max(diffs), min(diffs), rel_tol=1e-9, abs_tol=1e-12):
+        return 0.0 if diffs[0] > 1e-12 else 1.0
+    result = stats.ttest_rel(
+        [better[s] for s in shared], [other[s] for s in shared], alternative="greater"
+    )
+    p = float(result.pvalue)
+    return p if math.isfinite(p) else None
+
+
+@dataclass(frozen=True)
+class Region:
+    """The answer of a study with its noise: the feasible trials not significantly worse than
+    the best at ``level`` (paired on shared seeds), the range of α, β and γ they span, and the
+    verdict.
+
+    ``best``: the trial with the highest mean AP; ``members``: the region's trial numbers, the
+    best first; ``ranges``: ``{"alpha": (lo, hi), "beta": ..., "gamma": ...}`` over the members;
+    ``verdict``: ``"resolved"`` (every other trial is significantly worse), ``"tied"`` (the best
+    beats the median trial but ties with others) or ``"noise"`` (the best is not significantly
+    better than the median trial); ``advice``: one line saying so and what to raise;
+    ``p_values``: each scored trial's one-sided p-value against the best (``None``: untestable);
+    ``seeds``: the fewest seeds of a scored trial."""
+
+    best: int | None
+    members: tuple[int, ...]
+    ranges: dict[str, tuple[float, float]]
+    verdict: str
+    advice: str
+    p_values: dict[int, float | None] = field(default_factory=dict)
+    seeds: int = 0
+    level: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``region``, ``region_ranges``, ``verdict`` and ``advice``."""
+        return {
+            "region": list(self.members),
+            "region_ranges": {k: [lo, hi] for k, (lo, hi) in self.ranges.items()},
+            "verdict": self.verdict,
+            "advice": self.advice,
+        }
+
+
+def _ranges(trials: Sequence[Any]) -> dict[str, tuple[float, float]]:
+    ranges = {}
+    for name in ("alpha", "beta", "gamma"):
+        values = [v for t in trials if (v := _finite(trial_coordinates(t)[name])) is not None]
+        if values:
+            ranges[name] = (min(values), max(values))
+    return ranges
+
+
+def find_region(
+    trials: Sequence[Any],
+    *,
+    confirmations: Mapping[int, Mapping[str, Sequence[Any]]] | None = None,
+    level: float = 0.95,
+) -> Region:
+    """The region of ``trials`` (see :class:`Region`): each feasible COMPLETE trial is compared
+    with the one of highest mean AP by a one-sided paired t-test on their shared seeds
+    (:func:`paired_p_value`); it stays in the region unless p < ``1 - level``."""
+    scored = scored_trials(trials)
+    if not scored:
+        return Region(None, (), {}, "noise", "noise: no feasible trial has completed yet")
+    aps = {t.number: seed_aps(t, confirmations) for t in scored}
+    means = {n: statistics.fmean(v.values()) for n, v in aps.items() if v}
+    best = max(scored, key=lambda t: (means.get(t.number, -math.inf), -t.number))
+    p_values = {
+        t.number: paired_p_value(aps[best.number], aps[t.number])
+        for t in scored
+        if t.number != best.number
+    }
+    alpha = 1.0 - level
+    members = [best] + [
+        t
+        for t in scored
+        if t.number != best.number and not ((p := p_values[t.number]) is not None and p < alpha)
+    ]
+    seeds = min(len(v) for v in aps.values())
+    ranked = sorted(scored, key=lambda t: (means.get(t.number, -math.inf), -t.number))
+    median = ranked[(len(ranked) - 1) // 2]
+    p_median = None if median is best else p_values[median.number]
+    head = f"#{best.number} (AP {means[best.number]:.4f} over {len(aps[best.number])} seeds)"
+    if len(scored) < 2 or p_median is None or p_median >= alpha:
+        verdict = "noise"
+        why = (
+            "one seed per point gives no error bars; set [study] seeds = [0, 1, 2]"
+            if seeds < 2
+            else f"raise [train] steps, the data or [study] seeds (now {seeds})"
+        )
+        shown = "untestable" if p_median is None else f"p = {p_median:.3g}"
+        advice = (
+            f"noise: the best, {head}, is not significantly better than the median trial "
+            f"({shown}); {why}"
+        )
+    elif len(members) == 1:
+        verdict = "resolved"
+        advice = (
+            f"resolved: every other feasible trial is significantly worse than {head} at "
+            f"{level:.0%} (paired t-test on shared seeds)"
+        )
+    else:
+        verdict = "tied"
+        advice = (
+            f"tied: {len(members)} trials are not significantly worse than {head} at "
+            f"{level:.0%} (paired t-test on shared seeds); the answer is their range, not a "
+            "point; more seeds (effscale confirm) narrow it"
+        )
+    return Region(
+        best=best.number,
+        members=tuple(t.number for t in members),
+        ranges=_ranges(members),
+        verdict=verdict,
+        advice=advice,
+        p_values=p_values,
+        seeds=seeds,
+        level=level,
+    )

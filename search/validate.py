@@ -38,13 +38,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 from scipy.stats import spearmanr
 
 from effscale.detector.complexity import COUNTING_CONVENTION, count_complexity
@@ -58,11 +60,11 @@ from .errors import ParameterError
 from .family import PAPER_POINT, family_spec, proxy_dimensions
 from .markdown import markdown_table
 from .objective import train_inputs
-from .output import atomic_directory, check_output_dir
+from .output import atomic_directory, check_output_dir, path_name
 from .plots import plot_validation
 from .space import CandidatePoint
 from .storage import resolve_storage_url
-from .trials import choose_trial, load_trials, top_trials, trial_ap, trial_point
+from .trials import choose_trial, load_trials, mean_interval, top_trials, trial_ap, trial_point
 from .version import effscale_version
 
 __all__ = [
@@ -76,6 +78,8 @@ __all__ = [
     "solve_coefficient",
     "matched_variants",
     "spearman",
+    "seed_statistics",
+    "paired_difference",
     "validate_study",
 ]
 
@@ -320,6 +324,65 @@ def _train(config: DetectorConfig, *, data: Any, settings: Any, device: str) -> 
     )
 
 
+def seed_statistics(aps: Mapping[int, float], *, level: float = 0.95) -> dict[str, Any]:
+    """Per-seed APs (fractions in [0, 1]) summarized: ``seeds``, ``ap_per_seed``, ``ap`` (the
+    mean), ``ap_std``, and the ``level`` confidence interval of the mean (``ap_ci_low``,
+    ``ap_ci_high``: Student's t, ``scipy.stats.t.interval``; ``None`` below two seeds)."""
+    seeds = sorted(aps)
+    values = [aps[s] for s in seeds]
+    summary: dict[str, Any] = {
+        "seeds": seeds,
+        "ap_per_seed": values,
+        "ap": statistics.fmean(values) if values else None,
+        "ap_std": statistics.stdev(values) if len(values) > 1 else None,
+        "ap_ci_low": None,
+        "ap_ci_high": None,
+    }
+    interval = mean_interval(values, level=level)
+    if interval is not None:
+        summary.update(ap_ci_low=interval[0], ap_ci_high=interval[1])
+    return summary
+
+
+def paired_difference(
+    aps: Mapping[int, float], reference: Mapping[int, float], *, level: float = 0.95
+) -> dict[str, Any]:
+    """``aps`` minus ``reference`` (AP, fractions) on their shared seeds: the mean difference
+    (``diff_to_found``), its ``level`` confidence interval and the two-sided p-value of a paired
+    t-test (``scipy.stats.ttest_rel``); ``None`` where fewer than two seeds are shared."""
+    shared = sorted(set(aps) & set(reference))
+    out: dict[str, Any] = {
+        "diff_to_found": None,
+        "diff_ci_low": None,
+        "diff_ci_high": None,
+        "diff_p_value": None,
+    }
+    if not shared:
+        return out
+    diffs = [aps[s] - reference[s] for s in shared]
+    out["diff_to_found"] = statistics.fmean(diffs)
+    if len(shared) < 2:
+        return out
+    if max(diffs) == min(diffs):  # no noise between the pairs
+        out.update(
+            diff_ci_low=diffs[0], diff_ci_high=diffs[0], diff_p_value=1.0 if diffs[0] == 0 else 0.0
+        )
+        return out
+    test = stats.ttest_rel([aps[s] for s in shared], [reference[s] for s in shared])
+    interval = test.confidence_interval(level)
+    out.update(
+        diff_ci_low=float(interval.low),
+        diff_ci_high=float(interval.high),
+        diff_p_value=float(test.pvalue),
+    )
+    return out
+
+
+def _mean_metric(runs: Sequence[TrainedModel], name: str) -> float | None:
+    values = [v for r in runs if (v := r.metrics.get(name)) is not None]
+    return statistics.fmean(values) if values else None
+
+
 def _describe(config: DetectorConfig) -> dict[str, Any]:
     cost = count_complexity(config)
     return {
@@ -346,17 +409,37 @@ def validate_study(
     device: str | None = None,
     methods: Sequence[str] = METHODS,
     budget: dict[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ValidationResult:
     """Run the matched-MACs comparison and the proxy-rank fidelity check of a finished study.
 
-    ``trial`` picks the found trial (default: the best, as in :func:`search.export.
-    choose_trial`); ``top_k`` trials are retrained for the fidelity (0 skips it); ``device``
-    overrides ``[train] device``; ``budget`` (``{"steps": 20}``, ``{"epochs": 2}`` or
-    ``{"seconds": 30}``) overrides the training budget; ``log`` receives one line per training.
-    ``out`` defaults to ``<study folder>/<study name>-validate-phi<φ>``.
+    ``trial`` picks the found trial (default: the best, as in :func:`.trials.choose_trial`);
+    ``top_k`` trials are retrained for the fidelity (0 skips it); ``device`` overrides
+    ``[train] device``; ``budget`` (``{"steps": 20}`` or ``{"epochs": 2}``; a wall-clock budget
+    is refused: it depends on load) overrides the training budget; ``seeds`` (default: the
+    study's ``[study] seeds``) are the training seeds every method and trial is trained with, so
+    that each method's AP is a mean with a 95% CI and its difference to the found coefficients is
+    paired; ``log`` receives one line per training. ``out`` defaults to ``<study folder>/<study
+    name>-validate-phi<φ>``.
     """
     d = definition
+    seed_list = tuple(d.study.seeds if seeds is None else seeds)
+    if (
+        not seed_list
+        or len(set(seed_list)) != len(seed_list)
+        or not all(isinstance(s, int) and s >= 0 for s in seed_list)
+    ):
+        raise ParameterError(
+            "seeds", f"must be distinct integers >= 0, got {list(seed_list)!r}", "e.g. 0,1,2"
+        )
+    if budget and "seconds" in budget:
+        raise ParameterError(
+            "seconds",
+            "a wall-clock budget depends on the machine's load, so the methods would not get "
+            "equal training",
+            "give steps or epochs",
+        )
     if not (isinstance(phi, (int, float)) and math.isfinite(phi) and 1 < phi <= 8):
         raise ParameterError(
             "phi", f"must be in (1, 8] (the search trained φ = 1 models), got {phi}"
@@ -373,7 +456,7 @@ def validate_study(
             "models; add [data] (and a [train] budget) to the study file"
         )
     if out is None:
-        out = d.folder / f"{d.study.name}-validate-phi{phi:g}"
+        out = d.folder / f"{path_name(d.study.name)}-validate-phi{phi:g}"
     check_output_dir(out, command="validate", study=d, overwrite=overwrite)
     location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
     trials = load_trials(d, storage)
@@ -404,22 +487,36 @@ def validate_study(
         )
 
     say = log or (lambda _line: None)
-    cache: dict[DetectorConfig, TrainedModel] = {}
-    total = len({_key(v.config) for v in variants} | {_key(c) for _, c in ranked})
+    cache: dict[tuple[DetectorConfig, int], TrainedModel] = {}
+    configs = {_key(v.config) for v in variants} | {_key(c) for _, c in ranked}
+    total = len(configs) * len(seed_list)
 
-    def trained(config: DetectorConfig, label: str) -> TrainedModel:
-        key = _key(config)
-        if key not in cache:
-            say(
-                f"training {label} ({len(cache) + 1}/{total}): {config.image_size[0]} px, "
-                f"{count_complexity(config).macs / 1e9:.4f} GMACs"
-            )
-            cache[key] = _train(config, data=data_settings, settings=settings, device=torch_device)
-        return cache[key]
+    def trained(config: DetectorConfig, label: str) -> list[TrainedModel]:
+        """The trainings of ``config``, one per seed (each trained once)."""
+        runs = []
+        for seed in seed_list:
+            key = (_key(config), seed)
+            if key not in cache:
+                say(
+                    f"training {label}, seed {seed} ({len(cache) + 1}/{total}): "
+                    f"{config.image_size[0]} px, {count_complexity(config).macs / 1e9:.4f} GMACs"
+                )
+                cache[key] = _train(
+                    config,
+                    data=data_settings,
+                    settings=replace(settings, seed=seed),
+                    device=torch_device,
+                )
+            runs.append(cache[key])
+        return runs
 
+    found_aps: dict[int, float] = {}
     rows = []
     for v in variants:
-        result = trained(v.config, v.method)
+        runs = trained(v.config, v.method)
+        aps = {s: r.ap for s, r in zip(seed_list, runs) if r.ap is not None}
+        if v.method == "found":
+            found_aps = aps
         rows.append(
             {
                 "method": v.method,
@@ -429,24 +526,28 @@ def validate_study(
                 **_describe(v.config),
                 "macs_ratio": round(v.ratio, 4),
                 "matched": v.matched,
-                "ap": result.ap,
-                "ap50": result.metrics.get("ap50"),
-                "ap75": result.metrics.get("ap75"),
-                "train_seconds": round(result.seconds, 2),
-                "error": result.error or "",
+                **seed_statistics(aps),
+                "ap50": _mean_metric(runs, "ap50"),
+                "ap75": _mean_metric(runs, "ap75"),
+                "train_seconds": round(sum(r.seconds for r in runs), 2),
+                "error": "; ".join(r.error for r in runs if r.error),
             }
         )
+    for row in rows:  # each method against the found coefficients, paired on the seeds
+        aps = dict(zip(row["seeds"], row["ap_per_seed"]))
+        row.update(paired_difference(aps, found_aps))
     fidelity = []
     for rank, (t, config) in enumerate(ranked, start=1):
-        result = trained(config, f"trial #{t.number}")
+        runs = trained(config, f"trial #{t.number}")
+        aps = {s: r.ap for s, r in zip(seed_list, runs) if r.ap is not None}
         fidelity.append(
             {
                 "rank": rank,
                 "trial": t.number,
                 "search_ap": trial_ap(t),
-                "ap": result.ap,
+                "ap": seed_statistics(aps)["ap"],
                 **_describe(config),
-                "error": result.error or "",
+                "error": "; ".join(r.error for r in runs if r.error),
             }
         )
     rho, p_value = spearman([r["search_ap"] for r in fidelity], [r["ap"] for r in fidelity])
@@ -470,6 +571,7 @@ def validate_study(
         "match_tolerance": MATCH_TOLERANCE,
         "device": torch_device,
         "train_settings": settings.to_dict(),
+        "seeds": list(seed_list),
         "num_classes": num_classes,
         "methods": rows,
         "configs": {v.method: v.config.to_dict() for v in variants},
@@ -519,6 +621,14 @@ def validate_study(
     )
 
 
+def _with_interval(mean: float | None, low: float | None, high: float | None) -> str:
+    if mean is None:
+        return "–"
+    if low is None or high is None:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+
+
 def _markdown(
     name: str,
     number: int,
@@ -542,15 +652,32 @@ def _markdown(
         "gmacs",
         "macs_ratio",
         "matched",
-        "ap",
     )
+    seeds = rows[0]["seeds"] if rows else []
     text = (
         f"# Scaling validation: {name}, trial {number}, φ = {phi:g}\n\n"
         "Each method scales the search's proxy to the found model's MACs (±"
-        f"{MATCH_TOLERANCE:.0%}); AP after the study's training budget. GMACs: 1e9 "
+        f"{MATCH_TOLERANCE:.0%}); AP after the study's training budget, the mean over the "
+        f"seeds {', '.join(map(str, seeds))} with its 95% CI (Student's t), and the difference to "
+        "the found coefficients paired on those seeds (mean, 95% CI, two-sided p). GMACs: 1e9 "
         "multiply-adds per image.\n\n"
     )
-    text += table([{k: r[k] for k in cols} for r in rows])
+    shown = []
+    for r in rows:
+        row = {k: r[k] for k in cols}
+        row["AP (95% CI)"] = _with_interval(r["ap"], r["ap_ci_low"], r["ap_ci_high"])
+        row["Δ to found (95% CI)"] = (
+            "–"
+            if r["method"] == "found"
+            else _with_interval(r["diff_to_found"], r["diff_ci_low"], r["diff_ci_high"])
+        )
+        row["p"] = (
+            "–"
+            if r["diff_p_value"] is None or r["method"] == "found"
+            else (f"{r['diff_p_value']:.3g}")
+        )
+        shown.append(row)
+    text += table(shown)
     unmatched = [r["method"] for r in rows if not r["matched"]]
     if unmatched:
         text += (

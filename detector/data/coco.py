@@ -10,6 +10,11 @@ A dataset directory ``DIR`` holds one folder per split::
 ``file_name`` in the json is relative to the split's ``images/`` folder and may contain
 subfolders. ``effscale make-data DIR`` writes a synthetic dataset in this layout.
 
+A split may also be given where it lies, COCO as downloaded: an annotation file and the image
+folder apart, ``CocoSplit(annotations="annotations/instances_train2017.json",
+images="train2017")``, opened with :func:`open_split` (see :mod:`.layout`). Both forms are
+checked the same way (:mod:`.validate`).
+
 Targets
 -------
 Each item of :class:`CocoDetection` is ``(image, target)``:
@@ -40,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 from collections.abc import Callable
@@ -49,78 +53,34 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+
+from .layout import (
+    ANN_FILE_NAME,
+    IMAGES_DIR_NAME,
+    SPLITS,
+    CocoSplit,
+    DataError,
+    split_paths,
+)
+from .validate import check_annotations, check_image_file, load_annotations, open_image
 
 __all__ = [
     "DataError",
     "SPLITS",
     "ANN_FILE_NAME",
     "IMAGES_DIR_NAME",
+    "CocoSplit",
     "split_paths",
     "CocoDetection",
     "load_split",
+    "open_split",
     "pil_to_tensor",
 ]
 
-#: split folder names of the dataset contract
-SPLITS = ("train", "val")
-#: annotation file name inside a split folder
-ANN_FILE_NAME = "instances.json"
-#: image folder name inside a split folder
-IMAGES_DIR_NAME = "images"
-
-_REQUIRED_KEYS = ("images", "annotations", "categories")
-
 Transform = Callable[[Image.Image, dict], "tuple[torch.Tensor, dict]"]
-
-
-class DataError(ValueError):
-    """Bad dataset input (missing folder or file, malformed COCO json, empty selection).
-
-    The message is a single line that names the offending path or field and says how to fix it.
-    """
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
-    """Locate one split of a dataset folder.
-
-    Args:
-        data_dir: dataset directory ``DIR`` holding ``train/`` and ``val/``.
-        split: ``"train"`` or ``"val"``.
-
-    Returns:
-        ``(images_dir, ann_file)``: ``DIR/<split>/images`` and ``DIR/<split>/instances.json``.
-
-    Raises:
-        DataError: ``split`` is unknown, or the directory, split folder, images folder or
-            annotation file is missing (the message names the path and the fix).
-    """
-    if split not in SPLITS:
-        raise DataError(f"split {split!r} is unknown; use one of {', '.join(SPLITS)}")
-    root = Path(data_dir)
-    hint = f"create it with `effscale make-data {root}` or lay it out as {root}/{{train,val}}/{ANN_FILE_NAME} + images/"
-    if not root.exists():
-        raise DataError(f"dataset folder {root} does not exist; {hint}")
-    if not root.is_dir():
-        raise DataError(f"dataset path {root} is not a folder; {hint}")
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DataError(
-            f"dataset folder {root} has no {split}/ split folder ({split_dir} is missing); {hint}"
-        )
-    ann_file = split_dir / ANN_FILE_NAME
-    if not ann_file.is_file():
-        raise DataError(f"annotation file {ann_file} is missing; {hint}")
-    images_dir = split_dir / IMAGES_DIR_NAME
-    if not images_dir.is_dir():
-        raise DataError(f"image folder {images_dir} is missing; {hint}")
-    return images_dir, ann_file
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -132,87 +92,6 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def _load_coco_json(ann_file: Path) -> dict:
-    try:
-        with open(ann_file, "rb") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DataError(
-            f"annotation file {ann_file} does not exist; point to a COCO instances.json"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(
-            f"annotation file {ann_file} is not valid JSON ({_one_line(exc)}); "
-            "it must be a COCO instances file"
-        ) from None
-    if not isinstance(data, dict):
-        raise DataError(
-            f"annotation file {ann_file} is not a COCO instances file (top level is "
-            f"{type(data).__name__}, expected an object with keys {', '.join(_REQUIRED_KEYS)})"
-        )
-    missing = [key for key in _REQUIRED_KEYS if key not in data]
-    if missing:
-        raise DataError(
-            f"annotation file {ann_file} is not a COCO instances file: missing key(s) "
-            f"{', '.join(missing)}; it needs {', '.join(_REQUIRED_KEYS)}"
-        )
-    for key in _REQUIRED_KEYS:
-        if not isinstance(data[key], list):
-            raise DataError(
-                f"annotation file {ann_file}: '{key}' must be a list, got {type(data[key]).__name__}"
-            )
-    return data
-
-
-def _validate(data: dict, ann_file: Path) -> None:
-    for i, cat in enumerate(data["categories"]):
-        if (
-            not isinstance(cat, dict)
-            or not isinstance(cat.get("id"), int)
-            or isinstance(cat.get("id"), bool)
-        ):
-            raise DataError(f"annotation file {ann_file}: categories[{i}] needs an integer 'id'")
-    cat_ids = [cat["id"] for cat in data["categories"]]
-    if not cat_ids:
-        raise DataError(
-            f"annotation file {ann_file} has no categories; add at least one to 'categories'"
-        )
-    if len(set(cat_ids)) != len(cat_ids):
-        raise DataError(
-            f"annotation file {ann_file}: category ids are not unique; give each category its own id"
-        )
-    image_ids = set()
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise DataError(f"annotation file {ann_file}: images[{i}] needs 'id' and 'file_name'")
-        if img["id"] in image_ids:
-            raise DataError(
-                f"annotation file {ann_file}: image id {img['id']} appears twice in 'images'"
-            )
-        image_ids.add(img["id"])
-    known_cats = set(cat_ids)
-    for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            raise DataError(f"annotation file {ann_file}: annotations[{i}] is not an object")
-        for key in ("id", "image_id", "category_id", "bbox"):
-            if key not in ann:
-                raise DataError(f"annotation file {ann_file}: annotations[{i}] is missing '{key}'")
-        bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(
-                f"annotation file {ann_file}: annotations[{i}].bbox must be [x, y, width, height]"
-            )
-        if ann["category_id"] not in known_cats:
-            raise DataError(
-                f"annotation file {ann_file}: annotations[{i}].category_id {ann['category_id']} "
-                "is not listed in 'categories'"
-            )
-        if ann["image_id"] not in image_ids:
-            raise DataError(
-                f"annotation file {ann_file}: annotations[{i}].image_id {ann['image_id']} is not listed in 'images'"
-            )
 
 
 class CocoDetection(Dataset):
@@ -231,8 +110,9 @@ class CocoDetection(Dataset):
     increasing COCO image id.
 
     Raises:
-        DataError: the json is not a COCO instances file, an image listed is missing on disk,
-            or the selection holds zero images.
+        DataError: the json is not a COCO instances file or a record is malformed
+            (:func:`~.validate.check_annotations`), an image listed is missing on disk or not a
+            regular file, or the selection holds zero images.
     """
 
     def __init__(
@@ -251,8 +131,8 @@ class CocoDetection(Dataset):
             raise DataError(
                 f"image folder {self.images_dir} does not exist; point images_dir at the folder of the images"
             )
-        data = _load_coco_json(self.ann_file)
-        _validate(data, self.ann_file)
+        data = load_annotations(self.ann_file)
+        check_annotations(data, self.ann_file)
         for ann in data["annotations"]:  # optional in many real files; COCOeval needs both
             ann.setdefault("iscrowd", 0)
             if "area" not in ann and isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4:
@@ -328,16 +208,20 @@ class CocoDetection(Dataset):
 
     # ------------------------------------------------------------------ checks
     def verify_files(self) -> None:
-        """Check that every selected image exists on disk (``os.path.exists`` only, no decoding).
+        """Check that every selected image is a regular file on disk (``os.stat`` only: no
+        decoding, and a FIFO is never opened).
 
         Raises:
-            DataError: naming the first missing file and how many are missing.
+            DataError: naming the first missing file and how many are missing, or the first
+                path that is not a regular file.
         """
         missing = []
         for image_id in self._image_ids:
             path = os.path.join(self.images_dir, self.coco.imgs[image_id]["file_name"])
-            if not os.path.exists(path):
+            if not os.path.lexists(path):
                 missing.append(path)
+                continue
+            check_image_file(path, ann_file=self.ann_file)
         if missing:
             raise DataError(
                 f"{len(missing)} of {len(self._image_ids)} images listed in {self.ann_file} are missing on disk, "
@@ -381,32 +265,19 @@ class CocoDetection(Dataset):
         return len(self._image_ids)
 
     def load_image(self, index: int) -> Image.Image:
-        """Decode item ``index`` as a PIL RGB image (grayscale, palette and RGBA are converted).
+        """Decode item ``index`` as a PIL RGB image (grayscale, palette and RGBA are converted)
+        with :func:`~.validate.open_image`: a regular file only, at most
+        :data:`~.validate.MAX_IMAGE_PIXELS` pixels.
 
         Pixels are used as stored (no EXIF rotation), as COCO annotations assume; the size must
         match the json's ``width`` x ``height``.
         """
-        path = self.image_path(index)
-        try:
-            with Image.open(path) as raw:
-                raw.load()
-                image = raw.convert("RGB") if raw.mode != "RGB" else raw.copy()
-        except FileNotFoundError:
-            raise DataError(
-                f"image {path} listed in {self.ann_file} is missing on disk; restore it or fix 'file_name'"
-            ) from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(
-                f"image {path} cannot be decoded ({_one_line(exc)}); replace the file"
-            ) from None
         info = self.coco.imgs[self._image_ids[index]]
-        expected = (info.get("width"), info.get("height"))
-        if None not in expected and tuple(image.size) != tuple(int(v) for v in expected):
-            raise DataError(
-                f"image {path} is {image.size[0]}x{image.size[1]} (WxH) but {self.ann_file} says "
-                f"{expected[0]}x{expected[1]}; fix 'width'/'height' or the file"
-            )
-        return image
+        return open_image(
+            self.image_path(index),
+            ann_file=self.ann_file,
+            size=(info.get("width"), info.get("height")),
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if not -len(self) <= index < len(self):
@@ -431,6 +302,20 @@ class CocoDetection(Dataset):
             f"{type(self).__name__}(images={len(self)}, classes={self.num_classes}, "
             f"ann_file='{self.ann_file}', transform={self.transform!r})"
         )
+
+
+def open_split(
+    files: CocoSplit,
+    *,
+    transform: Transform | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+) -> CocoDetection:
+    """Open a split given by its files (an annotation file and an image folder, wherever they
+    lie) as a :class:`CocoDetection`; the keywords are :class:`CocoDetection`'s."""
+    return CocoDetection(
+        files.images, files.annotations, transform=transform, subset=subset, seed=seed
+    )
 
 
 def load_split(

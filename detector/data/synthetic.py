@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .coco import ANN_FILE_NAME, IMAGES_DIR_NAME, SPLITS, DataError
+from .layout import ANN_FILE_NAME, IMAGES_DIR_NAME, SPLITS, DataError
 
 __all__ = [
     "SHAPE_CATEGORIES",
@@ -35,6 +35,7 @@ __all__ = [
     "MAX_OCCLUSION",
     "SplitSummary",
     "SyntheticSummary",
+    "ObjectSizes",
     "make_synthetic_coco",
 ]
 
@@ -263,8 +264,38 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
     return max(0, w) * max(0, h)
 
 
+@dataclass(frozen=True)
+class ObjectSizes:
+    """How many objects an image holds and how large they are: the long side of an object is
+    drawn log-uniformly between ``min_size`` and ``max_size`` pixels (``None``: half the shorter
+    image side), and an image holds 1 to ``max_count`` objects (3% hold none)."""
+
+    min_size: int = MIN_OBJECT_SIZE
+    max_size: int | None = None
+    max_count: int = _MAX_OBJECTS
+
+    def __post_init__(self) -> None:
+        for name in ("min_size", "max_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_size is not None and (
+            isinstance(self.max_size, bool)
+            or not isinstance(self.max_size, int)
+            or self.max_size < self.min_size
+        ):
+            raise DataError(
+                f"max_size must be an integer >= min_size ({self.min_size}), got {self.max_size!r}"
+            )
+
+
 def _render(
-    seed: int, split_index: int, index: int, size: tuple[int, int], num_classes: int
+    seed: int,
+    split_index: int,
+    index: int,
+    size: tuple[int, int],
+    num_classes: int,
+    objects_spec: ObjectSizes = ObjectSizes(),
 ) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
     """Draw one image; returns it and its ``(label, (x, y, w, h))`` objects."""
     rng = np.random.default_rng([seed, split_index, index])
@@ -275,22 +306,24 @@ def _render(
     draw = ImageDraw.Draw(image)
     _draw_clutter(draw, rng, height, width, mean, int(rng.integers(3, 13)))
 
-    count = 0 if rng.random() < _EMPTY_IMAGE_PROB else int(rng.integers(1, _MAX_OBJECTS + 1))
-    max_side = max(MIN_OBJECT_SIZE, min(height, width) // 2)
+    count = (
+        0 if rng.random() < _EMPTY_IMAGE_PROB else int(rng.integers(1, objects_spec.max_count + 1))
+    )
+    low = min(objects_spec.min_size, min(height, width))
+    limit = objects_spec.max_size if objects_spec.max_size is not None else min(height, width) // 2
+    max_side = max(low, min(limit, min(height, width)))
     objects: list[tuple[int, tuple[int, int, int, int]]] = []
     covered: list[int] = []
     for _ in range(count):
         label = int(rng.integers(0, num_classes))
         name = SHAPE_CATEGORIES[label][0]
         for _ in range(_PLACEMENT_TRIES):
-            long_side = int(
-                round(math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_side + 0.5))))
-            )
-            long_side = min(max(long_side, MIN_OBJECT_SIZE), max_side)
+            long_side = int(round(math.exp(rng.uniform(math.log(low), math.log(max_side + 0.5)))))
+            long_side = min(max(long_side, low), max_side)
             short_side = (
                 long_side
                 if name == "square"
-                else max(MIN_OBJECT_SIZE, int(round(long_side * rng.uniform(0.8, 1.0))))
+                else max(low, int(round(long_side * rng.uniform(0.8, 1.0))))
             )
             w, h = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
             box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
@@ -348,6 +381,7 @@ def _write_split(
     size: tuple[int, int],
     num_classes: int,
     seed: int,
+    objects_spec: ObjectSizes = ObjectSizes(),
 ) -> tuple[int, int]:
     split_dir = root / name
     images_dir = split_dir / IMAGES_DIR_NAME
@@ -357,7 +391,7 @@ def _write_split(
     for index in range(count):
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
-        image, objects = _render(seed, split_index, index, size, num_classes)
+        image, objects = _render(seed, split_index, index, size, num_classes, objects_spec)
         image.save(images_dir / file_name, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
         images.append({"id": image_id, "file_name": file_name, "width": size[1], "height": size[0]})
         for label, (x, y, w, h) in objects:
@@ -401,6 +435,7 @@ def make_synthetic_coco(
     seed: int = 0,
     image_size: tuple[int, int] | int = (256, 256),
     num_classes: int = 6,
+    objects: ObjectSizes = ObjectSizes(),
     overwrite: bool = False,
 ) -> SyntheticSummary:
     """Write a synthetic shapes dataset in the ``DIR/{train,val}/{instances.json,images/}`` layout.
@@ -412,6 +447,9 @@ def make_synthetic_coco(
         seed: seed of everything drawn; the same seed gives byte-identical files.
         image_size: ``(height, width)`` in pixels, each 32..4096 (an int means square).
         num_classes: shape classes to use, ``1..8`` (see :data:`SHAPE_CATEGORIES`).
+        objects: how many objects per image and how large (:class:`ObjectSizes`; pixels).
+            Large objects and few classes make a set a tiny CPU proxy can learn in a few dozen
+            steps.
         overwrite: replace an existing dataset folder (one holding only ``train``/``val``).
 
     Returns:
@@ -458,7 +496,9 @@ def make_synthetic_coco(
     try:
         counts = {}
         for split_index, (name, count) in enumerate(zip(SPLITS, (n_train, n_val))):
-            counts[name] = _write_split(staging, name, split_index, count, size, num_classes, seed)
+            counts[name] = _write_split(
+                staging, name, split_index, count, size, num_classes, seed, objects
+            )
         staging.chmod(0o755)
         if root.is_dir():
             trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))

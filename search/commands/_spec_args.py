@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from effscale.detector.config import PRESET_NAMES, DetectorConfig, from_scaling, load_config, preset
+from effscale.detector.config import PRESET_NAMES, DetectorConfig, from_scaling, preset
+from effscale.detector.effdet_config import load_detector_config
 from effscale.detector.scaling import BifpnRule, CompoundCoefficients, ResolutionRule, ScalingSpec
 
 __all__ = ["add_spec_arguments", "configs_from_args", "parse_preset_list", "parse_image_size"]
@@ -15,7 +16,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, allow_config: bool = 
     group = parser.add_argument_group("detector (one of --preset, --config, or spec flags)")
     group.add_argument("--preset", help="d0..d7, a range like d0-d7, or a comma list (d0,d3)")
     if allow_config:
-        group.add_argument("--config", help="a config file written by effscale (.toml or .json)")
+        group.add_argument(
+            "--config", help="a config file written by effscale (.toml, .json or .effdet.json)"
+        )
     group.add_argument("--phi", type=float, help="compound coefficient φ (may be negative)")
     group.add_argument("--alpha", type=float, default=1.2, help="depth coefficient α (default 1.2)")
     group.add_argument("--beta", type=float, default=1.1, help="width coefficient β (default 1.1)")
@@ -97,7 +100,7 @@ def configs_from_args(args: argparse.Namespace) -> list[DetectorConfig]:
             preset(name, num_classes=args.num_classes) for name in parse_preset_list(args.preset)
         ]
     elif getattr(args, "config", None) is not None:
-        configs = [load_config(args.config)]
+        configs = [load_detector_config(args.config)]
     else:
         spec = ScalingSpec(
             coefficients=CompoundCoefficients(alpha=args.alpha, beta=args.beta, gamma=args.gamma),

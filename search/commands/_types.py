@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
-__all__ = ["positive_int", "nonnegative_int", "positive_int_or_auto"]
+__all__ = [
+    "positive_int",
+    "nonnegative_int",
+    "positive_int_or_auto",
+    "bounded_int",
+    "bounded_float",
+]
 
 
 def _integer_at_least(minimum: int, what: str, rule: str) -> Callable[[str], int]:
@@ -38,5 +45,41 @@ def positive_int_or_auto(what: str = "count") -> Callable[[str], int | str]:
 
     def convert(text: str) -> int | str:
         return "auto" if text.strip().lower() == "auto" else number(text)
+
+    return convert
+
+
+def bounded_int(what: str, low: int, high: int) -> Callable[[str], int]:
+    """A converter accepting integers in ``[low, high]``; ``what`` names the value."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {text!r}; use an integer from {low:,} to {high:,}"
+            )
+        return value
+
+    return convert
+
+
+def bounded_float(what: str, low: float, high: float) -> Callable[[str], float]:
+    """A converter accepting finite numbers in ``(low, high]`` (never ``inf`` or ``nan``);
+    ``what`` names the value."""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low < value <= high):
+            top = f"{high:,.0f}" if float(high).is_integer() else f"{high:g}"
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {text!r}; use a finite number above {low:g}, at most {top}"
+            )
+        return value
 
     return convert

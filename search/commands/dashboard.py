@@ -3,7 +3,9 @@
 Before serving it writes the study's note (the study file and the effscale version) when the study
 has none, and attaches the current plots to the study (unchanged plots are not stored again). It
 serves through :class:`..dashboard.FeasibilityView`, so infeasible trials show as
-infeasible whichever way their constraint was stored. Binds to 127.0.0.1 by default; the
+infeasible whichever way their constraint was stored, and γ derived in solve mode is a parameter
+there; the page also lists each trial's feasibility, MACs, cost ratio and AP over its seeds
+first (:mod:`..dashboard_page`). Binds to 127.0.0.1 by default; the
 dashboard has no authentication, so a non-loopback ``--host`` needs ``--allow-remote``.
 """
 
@@ -78,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(definition, storage=args.storage)
     store = artifact_store_for(definition)
     # fails early without optuna-dashboard; serves the storage itself, not Optuna's cache of it
-    app = make_app(open_existing_storage(definition, storage=args.storage), artifact_store=store)
+    app = make_app(
+        open_existing_storage(definition, storage=args.storage),
+        artifact_store=store,
+        definition=definition,
+    )
 
     prepare_study(
         study, definition, artifact_store=store, version=effscale_version(), plots=not args.no_plots

@@ -8,6 +8,7 @@ chosen trial's; without a study they are given (``--alpha --beta --gamma`` and t
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from effscale.detector.scaling import (
@@ -19,6 +20,7 @@ from effscale.detector.scaling import (
 )
 
 from ..export import ExportResult, export_coefficients, export_study, family_records
+from ..family import OFFICIAL_BACKBONES
 from ..study_file import load_study_file
 from ._output import print_records
 from ._types import nonnegative_int
@@ -46,6 +48,8 @@ _COEFFICIENT_FLAGS = {
 }
 #: a library parameter named in an error -> the flag that sets it
 FLAGS = {"phis": "--phi", "fmt": "--format"}
+#: the members exported when ``--phi`` is not given
+DEFAULT_PHIS = "0-7"
 
 #: a ScalingSpec field named in an error -> the flag that sets it
 _FIELD_FLAGS = {
@@ -90,7 +94,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--best", action="store_true", help="export the best feasible trial (the default)"
     )
     parser.add_argument(
-        "--phi", default="0-7", metavar="RANGE", help="members to export: 0-7 (default), 2-4 or 3"
+        "--phi",
+        default=None,
+        metavar="RANGE",
+        help="members to export: 0-7 (default; from a study, up to its last legal member), 2-4 "
+        "or 3",
     )
     parser.add_argument(
         "--out",
@@ -198,6 +206,19 @@ def parse_phi_range(text: str) -> tuple[int, ...]:
     return tuple(range(low, high + 1))
 
 
+def _check_paper_phis(phis: tuple[int, ...], text: str) -> None:
+    """Refuse members the paper's family does not define: EfficientDet is D0..D7."""
+    top = max(OFFICIAL_BACKBONES)
+    beyond = [phi for phi in phis if phi > top]
+    if beyond:
+        raise ValueError(
+            f"--phi: the paper's family is D0..D{top} (φ = 0..{top}); {text} asks for "
+            f"φ = {', '.join(map(str, beyond))}, which the paper does not define; write e.g. "
+            f"0-{top}, or extrapolate with given coefficients (--alpha 1.2 --beta 1.1 "
+            "--gamma 1.15) without --paper"
+        )
+
+
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
@@ -242,18 +263,40 @@ def _report(result: ExportResult, fmt: str) -> None:
         {k: v for k, v in r.items() if k not in ("fusion",)} for r in family_records(result.family)
     ]
     print_records(rows, "table", title=f"exported to {result.out}")
+    if result.family.left_out:
+        names = [name for name, _ in result.family.left_out]
+        first, why = result.family.left_out[0]
+        print(
+            f"left out {', '.join(names)}: {first} is not a legal detector ({why}); the "
+            f"coefficients are too large for them (--phi 0-{result.family.members[-1].phi} is "
+            "what was written)"
+        )
     if fmt != "effdet":
         return
     written = [m.name for m in result.family.members if m.name not in result.unsupported]
     print(f"effdet configs: {', '.join(written) or 'none'}")
     for name, reasons in result.unsupported.items():
         print(f"effdet_unsupported {name}: {'; '.join(reasons)}")
+    needing = [
+        name
+        for name in written
+        if "effscale_efficientnet" in _read_text(Path(result.out) / f"{name}.effdet.json")
+    ]
+    if needing:
+        print(
+            f"{', '.join(needing)} use effscale's timm backbone: run "
+            "`import effscale.detector.timm_backbone` before effdet builds them"
+        )
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def run(args: argparse.Namespace) -> int:
     """Export the family; prints its table. Returns 0."""
 
-    phis = parse_phi_range(args.phi)
+    phis = parse_phi_range(args.phi or DEFAULT_PHIS)
     if args.num_classes is not None and args.num_classes < 1:
         raise ValueError(f"--num-classes: must be >= 1, got {args.num_classes}")
     given = [dest for dest in _COEFFICIENT_FLAGS if getattr(args, dest) is not None]
@@ -269,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         result = export_study(
             definition,
             out=args.out,
-            phis=phis,
+            phis=None if args.phi is None else phis,
             trial=args.trial,
             fmt=args.format,
             overwrite=args.overwrite,
@@ -280,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
             plot=not args.no_plot,
         )
     else:
+        if args.paper:
+            _check_paper_phis(phis, args.phi or DEFAULT_PHIS)
         if args.trial is not None or args.best:
             raise ValueError(
                 f"{'--trial' if args.trial is not None else '--best'}: needs "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from effscale.detector.data.synthetic import make_synthetic_coco
+from effscale.detector.data.synthetic import MIN_OBJECT_SIZE, ObjectSizes, make_synthetic_coco
 
 from ._types import nonnegative_int, positive_int
 
@@ -30,7 +32,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
 def configure(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``effscale make-data``."""
     parser.description = (
-        "Write a synthetic shapes dataset (6 classes, textured backgrounds, clutter, occlusion) as "
+        "Write a synthetic shapes dataset (up to 8 classes, textured backgrounds, clutter, occlusion) as "
         "DIR/{train,val}/instances.json + images/. The same seed gives identical files."
     )
     parser.add_argument(
@@ -61,20 +63,80 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="image size in pixels: N for square or HxW, height x width (default 256)",
     )
     parser.add_argument(
+        "--num-classes",
+        type=positive_int("number of classes"),
+        default=6,
+        metavar="K",
+        help="shape classes, 1-8 (default 6; fewer is easier to learn)",
+    )
+    objects = parser.add_argument_group("objects (large, few objects are easy to learn)")
+    objects.add_argument(
+        "--min-object-size",
+        type=positive_int("object size"),
+        default=MIN_OBJECT_SIZE,
+        metavar="PX",
+        help=f"smallest long side of an object in pixels (default {MIN_OBJECT_SIZE})",
+    )
+    objects.add_argument(
+        "--max-object-size",
+        type=positive_int("object size"),
+        default=None,
+        metavar="PX",
+        help="largest long side of an object in pixels (default: half the shorter image side)",
+    )
+    objects.add_argument(
+        "--max-objects",
+        type=positive_int("object count"),
+        default=8,
+        metavar="N",
+        help="objects per image, 1 to N (default 8)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset in DIR"
     )
     parser.set_defaults(func=run)
 
 
+#: what ``make-data`` writes into each split's ``info``; ``--overwrite`` replaces only such data
+_SYNTHETIC = "effscale synthetic shapes"
+
+
+def _check_own_dataset(root: Path) -> None:
+    """With ``--overwrite``, refuse a non-empty ``root`` unless each of its splits is a dataset
+    that ``make-data`` wrote (its ``instances.json`` ``info.description``): a real dataset in
+    the same ``train/`` + ``val/`` layout is never replaced."""
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    for split in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            info = json.loads((split / "instances.json").read_text()).get("info") or {}
+        except (OSError, ValueError, AttributeError, RecursionError):
+            info = {}
+        if not isinstance(info, dict) or info.get("description") != _SYNTHETIC:
+            raise ValueError(
+                f"--overwrite: {split} is not a dataset written by effscale make-data "
+                f"(no info.description {_SYNTHETIC!r} in its instances.json), so it is not "
+                "replaced; choose a new folder"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the dataset described by ``args`` and print one summary line; returns 0."""
 
+    if args.overwrite:
+        _check_own_dataset(Path(args.dir))
     summary = make_synthetic_coco(
         args.dir,
         n_train=args.train,
         n_val=args.val,
         seed=args.seed,
         image_size=args.image_size,
+        num_classes=args.num_classes,
+        objects=ObjectSizes(
+            min_size=args.min_object_size,
+            max_size=args.max_object_size,
+            max_count=args.max_objects,
+        ),
         overwrite=args.overwrite,
     )
     print(summary.describe())

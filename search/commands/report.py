@@ -7,7 +7,7 @@ import argparse
 from ..dashboard import artifact_store_for, attach_files
 from ..report import write_report
 from ..study_file import load_study_file
-from ..trials import load_study
+from ..trials import load_study, study_confirmations
 from ..version import effscale_version
 
 __all__ = ["configure", "run"]
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         version=effscale_version(),
         made_by=attrs.get("effscale_version"),
         packing=(attrs.get("packing") or {}).get("reason"),
+        confirmations=study_confirmations(study),
     )
     cost = written.plots.cost
     print(
@@ -58,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
         f"{len(cost.numbers)} feasible scored, {len(cost.infeasible_numbers)} infeasible) "
         f"written to {written.out}"
     )
+    if written.plots.region is not None:
+        print(
+            f"verdict: {written.plots.region.verdict} (region of {len(written.plots.region.region)} "
+            "trials; see report.md)"
+        )
     if args.attach:
         files = [*written.plots.paths.values(), written.report]
         attach_files(study, files, artifact_store=artifact_store_for(definition))

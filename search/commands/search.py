@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..definition import StudyDefinition
+from ..output import shell_path
 from ..runners import run_study
+from ..space import grid_size
 from ..study_file import load_study_file
-from ..trials import load_trials, trial_record
+from ..templates import shipped_studies
+from ..trials import (
+    find_region,
+    load_study,
+    load_trials,
+    study_confirmations,
+    trial_record,
+)
 from ._output import print_records
 from ._types import positive_int, positive_int_or_auto
 
@@ -143,7 +153,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study; prints the best feasible trial. Returns 0, or 1 if a worker crashed."""
+    """Run the study; prints the best feasible trial. Returns 0, or 1 if a worker crashed or
+    every trial failed (none complete or pruned after this run started some)."""
     definition = load_study_file(args.study)
     ray_options = {key: getattr(args, key, None) for _, key in _RAY_OPTIONS}
     summary = run_study(
@@ -163,13 +174,57 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.target} wanted) in {summary.storage_url}"
     )
     _print_best(definition, args.storage, summary.best_number)
+    _print_verdict(definition, args.storage)
     if summary.failed_workers:
         print(
             f"effscale search: {len(summary.failed_workers)} worker(s) exited with codes "
             f"{', '.join(map(str, summary.failed_workers))}; rerun to finish the study"
         )
         return 1
+    if summary.started and summary.n_failed and not summary.n_complete + summary.n_pruned:
+        print(
+            f"effscale search: every trial failed ({summary.n_failed}); see their fail_reason "
+            f"and error with `effscale status {shell_path(args.study)}`, fix the cause and rerun",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+#: effdet's training throughput on one H200, four 256-px D0 trainings packed together (images per
+#: second; ../shared/notes/h200-effdet-measurements.md): the reference until effscale's own is
+#: measured on that machine
+H200_PACKED_IMAGES_PER_S = 576.0
+#: the shipped study that gives a real answer on a GPU
+GPU_STUDY = "efficientnet_compound"
+
+
+def _print_verdict(definition: StudyDefinition, storage: str | None) -> None:
+    """The region's verdict line; on a CPU study without a resolved answer, what a real one
+    needs."""
+    study = load_study(definition, storage)
+    region = find_region(study.get_trials(deepcopy=False), confirmations=study_confirmations(study))
+    print(f"verdict: {region.advice}")
+    on_gpu = definition.train.device == "cuda" or bool(definition.execution.gpus)
+    if region.verdict == "resolved" or definition.objective.kind != "train" or on_gpu:
+        return
+    path = shipped_studies().get(GPU_STUDY)
+    if path is None:
+        return
+    gpu = load_study_file(path)
+    points = grid_size(gpu.grid()) if gpu.study.sampler == "grid" else gpu.target_trials()
+    images = gpu.data.generate.train if gpu.data and gpu.data.generate else None
+    if images is None or gpu.train.epochs is None:
+        return
+    total = points * len(gpu.study.seeds) * gpu.train.epochs * images
+    hours = total / H200_PACKED_IMAGES_PER_S / 3600
+    print(
+        f"a real answer needs GPU training: the {GPU_STUDY} study ({points} points x "
+        f"{len(gpu.study.seeds)} seeds x {gpu.train.epochs} epochs of {images} images = "
+        f"{total / 1e6:.1f} M training images) takes about {hours:.1f} h on one H200 at effdet's "
+        f"measured {H200_PACKED_IMAGES_PER_S:.0f} img/s for 4 packed 256-px trainings; start "
+        f"one with `effscale init gpu_study --from {GPU_STUDY}`"
+    )
 
 
 def _print_best(definition: StudyDefinition, storage: str | None, number: int | None) -> None:

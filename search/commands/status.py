@@ -4,7 +4,6 @@ objectives, the Pareto front (AP up, MACs down)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any
@@ -12,16 +11,20 @@ from typing import Any
 from ..definition import StudyDefinition
 from ..study_file import load_study_file
 from ..trials import (
+    Region,
     best_trial,
     constraint_values,
+    cost_ratio_spread,
     count_states,
+    find_region,
     load_study,
     pareto_front,
+    study_confirmations,
     trial_ap,
     trial_coordinates,
     trial_record,
 )
-from ._output import add_format_argument, print_records
+from ._output import add_format_argument, json_text, print_records
 
 __all__ = ["configure", "run", "status_document"]
 
@@ -46,13 +49,22 @@ def _finite(value: Any) -> Any:
 
 
 def status_document(
-    definition: StudyDefinition, trials: list[Any], *, packing: dict[str, Any] | None = None
+    definition: StudyDefinition,
+    trials: list[Any],
+    *,
+    packing: dict[str, Any] | None = None,
+    confirmations: dict[int, dict[str, list[Any]]] | None = None,
 ) -> dict[str, Any]:
     """The ``--format json`` object: counts, ``best`` (alpha, beta, gamma, value, number or
-    ``null``), ``pareto`` (trial numbers; two objectives only), every trial and, when given,
-    ``packing`` (how the last GPU run packed trials: the study's ``packing`` user attr)."""
+    ``null``), the answer with its noise (``region``: trial numbers, ``region_ranges``:
+    ``{"alpha": [lo, hi], "beta": .., "gamma": ..}``, ``verdict``: resolved, tied or noise, and
+    ``advice``, see :func:`..trials.find_region`), ``cost_ratio_range`` (the feasible trials'
+    lowest and highest cost ratio), ``pareto`` (trial numbers; two objectives only), every trial
+    and, when given, ``packing`` (how the last GPU run packed trials: the study's ``packing``
+    user attr)."""
 
     counts = count_states(trials)
+    spread = cost_ratio_spread(trials)
     best = best_trial(trials)
     document: dict[str, Any] = {
         "study": definition.study.name,
@@ -84,6 +96,8 @@ def status_document(
             "value": trial_ap(best),
             "number": best.number,
         }
+    document.update(find_region(trials, confirmations=confirmations).to_dict())
+    document["cost_ratio_range"] = None if spread is None else list(spread)
     if len(definition.study.objectives) == 2:
         document["pareto"] = [t.number for t in pareto_front(trials)]
     if packing is not None:
@@ -98,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(definition, args.storage)
     trials = study.get_trials(deepcopy=False)
     packing = study.user_attrs.get("packing")
+    confirmations = study_confirmations(study)
     if args.format == "json":
-        sys.stdout.write(
-            json.dumps(status_document(definition, trials, packing=packing), indent=2) + "\n"
-        )
+        document = status_document(definition, trials, packing=packing, confirmations=confirmations)
+        sys.stdout.write(json_text(document) + "\n")
         return 0
     records = [trial_record(t) for t in trials]
     if records:
@@ -124,6 +138,48 @@ def run(args: argparse.Namespace) -> int:
             print_records(
                 [trial_record(t) for t in front], "table", title="Pareto front (AP up, MACs down)"
             )
+    spread = cost_ratio_spread(trials)
+    if spread is not None:
+        low, high = spread
+        print(
+            f"cost ratios of the feasible trials ({definition.constraint.kind}): {low:.3f} to "
+            f"{high:.3f} ({high / low - 1:.1%} apart; band "
+            f"{definition.constraint.band()[0]:.3f} to {definition.constraint.band()[1]:.3f})"
+        )
+    _print_region(find_region(trials, confirmations=confirmations), trials)
     if isinstance(packing, dict) and packing.get("reason"):
         print(f"packing of the last GPU run: {packing['reason']}")
     return 0
+
+
+def _print_region(region: Region, trials: list[Any]) -> None:
+    """The region's trials as a table, the range of α, β and γ it spans and the verdict line."""
+    by_number = {t.number: t for t in trials}
+    if region.members:
+        rows = []
+        for number in region.members:
+            record = trial_record(by_number[number])
+            p = region.p_values.get(number)
+            rows.append(
+                {
+                    "trial": number,
+                    "alpha": record["alpha"],
+                    "beta": record["beta"],
+                    "gamma": record["gamma"],
+                    "AP mean": record["ap"],
+                    "AP std": record["ap_std"],
+                    "seeds": record["n_seeds"],
+                    "p vs best": "best"
+                    if number == region.best
+                    else ("untestable" if p is None else f"{p:.3g}"),
+                }
+            )
+        print_records(
+            rows,
+            "table",
+            title=f"Region: not significantly worse than the best "
+            f"at {region.level:.0%} ({len(rows)} trials)",
+        )
+        ranges = ", ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in region.ranges.items())
+        print(f"region spans {ranges}")
+    print(f"verdict: {region.advice}")

@@ -20,9 +20,11 @@ from typing import Any
 
 import optuna
 
+from ..output import shell_path
 from ..storage import (
     HeartbeatSettings,
     check_journal,
+    check_storage_file,
     find_stale_trials,
     heartbeat_settings,
     open_storage,
@@ -90,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
         if args.grace is None
         else HeartbeatSettings(interval=max(1, args.grace // 3), grace=args.grace)
     )
+    check_storage_file(location)  # a folder, or a file that is not this kind of storage
     if location.path is not None and not location.path.is_file():
         raise FileNotFoundError(
             f"no study yet: {location.path} does not exist; run "
-            f"`effscale search {definition.path.name}` first"
+            f"`effscale search {shell_path(definition.path)}` first"
         )
     repair = args.action == "repair"
     problems = 0
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             problems += 1
             print(
                 f"journal: {report.describe()}; run `effscale storage repair "
-                f"{definition.path.name}`"
+                f"{shell_path(definition.path)}`"
             )
         if not repair and report.bad_lines:
             return 1  # Optuna cannot read the study until the file is repaired
@@ -136,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError:
         raise ValueError(
             f"study.name: no study {definition.study.name!r} in {location.url}; "
-            f"run `effscale search {definition.path.name}` first"
+            f"run `effscale search {shell_path(definition.path)}` first"
         ) from None
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     for item in lost:
         print(
             f"trial {item.number}: RUNNING but its worker is gone ({item.reason}); run "
-            f"`effscale storage repair {definition.path.name}` to fail and retry it"
+            f"`effscale storage repair {shell_path(definition.path)}` to fail and retry it"
         )
     problems += len(lost)
     if not lost:

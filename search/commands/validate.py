@@ -15,6 +15,19 @@ from ._types import nonnegative_int, positive_int
 __all__ = ["configure", "run", "parse_methods"]
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0,1,2`` → the training seeds (distinct integers >= 0)."""
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid seeds {text!r}; use distinct integers >= 0 such as 0,1,2"
+        )
+    return seeds
+
+
 def parse_methods(text: str) -> tuple[str, ...]:
     """``found,paper,width`` → the methods, each one of :data:`..validate.METHODS`."""
 
@@ -84,7 +97,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="override the training budget: optimizer steps per model",
     )
     budget.add_argument("--epochs", type=positive_int(), help="override: epochs per model")
-    budget.add_argument("--seconds", type=_positive_float, help="override: seconds per model")
+    budget.add_argument(
+        "--seconds",
+        type=_positive_float,
+        help="refused: a wall-clock budget depends on load (use --steps or --epochs)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        metavar="0,1,2",
+        help="training seeds of every method and trial (default: the study's [study] seeds)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
 
@@ -110,12 +133,29 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         methods=args.methods or METHODS,
         budget=budget or None,
+        seeds=args.seeds,
         log=log,
     )
-    cols = ("method", "coefficient", "value", "image_size", "gmacs", "macs_ratio", "matched", "ap")
-    rows = [
-        {**{k: r[k] for k in cols}, "matched": "yes" if r["matched"] else "no"} for r in result.rows
-    ]
+    cols = ("method", "coefficient", "value", "image_size", "gmacs", "macs_ratio", "matched")
+    rows = []
+    for r in result.rows:
+        ci = "" if r["ap_ci_low"] is None else f" [{r['ap_ci_low']:.4f}, {r['ap_ci_high']:.4f}]"
+        diff = ""
+        if r["method"] != "found" and r["diff_to_found"] is not None:
+            diff = f"{r['diff_to_found']:+.4f}"
+            if r["diff_ci_low"] is not None:
+                diff += (
+                    f" [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}] "
+                    f"p {r['diff_p_value']:.3g}"
+                )
+        rows.append(
+            {
+                **{k: r[k] for k in cols},
+                "matched": "yes" if r["matched"] else "no",
+                "AP (95% CI)": "–" if r["ap"] is None else f"{r['ap']:.4f}{ci}",
+                "vs found": diff,
+            }
+        )
     print_records(
         rows, "table", title=f"trial {result.trial} at phi = {result.phi:g}, matched MACs"
     )
@@ -126,5 +166,7 @@ def run(args: argparse.Namespace) -> int:
             title="proxy-rank fidelity",
         )
     rho = "undefined" if result.rho is None else f"{result.rho:.4f}"
+    if result.rho is not None and result.p_value is not None:
+        rho += f" (p = {result.p_value:.3g})"
     print(f"Spearman rho (top {len(result.fidelity)}): {rho}; wrote {result.out}")
     return 0

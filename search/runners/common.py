@@ -3,7 +3,10 @@ fingerprint, how many trials a run still needs, the progress line and the run's 
 
 Counting. ``n_trials`` is the number of *finished* (COMPLETE or PRUNED) trials the study should
 hold. A run adds only ``n_trials − already finished`` trials, so rerunning a finished study adds
-none, and a run interrupted or with failed trials is completed by the next one.
+none, and a run interrupted or with failed trials is completed by the next one. Before a trial
+starts, the trials that hold a place are counted across every process on the storage
+(:func:`active_trials`: finished and running ones), so that concurrent runs stop at exactly
+``n_trials``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import optuna.pruners as pruners
 import optuna.samplers as samplers
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..definition import StudyDefinition
+from ..definition import MAX_TRIALS, StudyDefinition
 from ..errors import ParameterError
 from ..space import grid_size
 from ..storage import StorageLocation
@@ -33,6 +36,7 @@ __all__ = [
     "open_study",
     "target_trials",
     "remaining_trials",
+    "active_trials",
     "summarize_run",
     "format_duration",
     "TrialProgress",
@@ -62,13 +66,15 @@ class RunSummary:
 
 
 def make_sampler(
-    definition: StudyDefinition, *, worker: int = 0, resumed_at: int = 0
+    definition: StudyDefinition, *, worker: int = 0, resumed_at: int = 0, salt: int | None = None
 ) -> optuna.samplers.BaseSampler:
     """The study's sampler for worker ``worker``: seeds differ per worker, except for the grid,
     whose shared seed keeps the workers on one order of points. ``resumed_at`` is the number of
     trials the study held when this run began: a resumed run gets other seeds than the first
     one (which would otherwise draw the same random start-up points again), and the same
-    study state always gives the same seeds."""
+    study state always gives the same seeds. ``salt`` (a run's token, given when another run
+    works on the same study: :func:`..storage.register_run`) is mixed into the seed, so that
+    two processes started together on one study draw different points."""
     name = definition.study.sampler
     seed = definition.study.seed
     if name == "grid":
@@ -76,6 +82,9 @@ def make_sampler(
     worker_seed: int | None
     if seed is None:
         worker_seed = None
+    elif salt is not None:
+        state = np.random.SeedSequence([seed, worker, resumed_at, salt]).generate_state(1)
+        worker_seed = int(state[0])
     elif resumed_at:
         worker_seed = int(np.random.SeedSequence([seed, worker, resumed_at]).generate_state(1)[0])
     else:
@@ -147,10 +156,18 @@ def _grid_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def target_trials(definition: StudyDefinition, n_trials: int | None) -> int:
     """The finished trials a run aims at: ``n_trials``, else the study file's; a
-    :class:`.ParameterError` naming ``n_trials`` when it is below 1 or beyond a grid's points."""
+    :class:`.ParameterError` naming ``n_trials`` when it is below 1, above
+    :data:`~..definition.MAX_TRIALS` or beyond a grid's points."""
     target = n_trials if n_trials is not None else definition.target_trials()
     if target < 1:
         raise ParameterError("n_trials", f"must be >= 1, got {target}", "ask for 1 or more")
+    if target > MAX_TRIALS:
+        raise ParameterError(
+            "n_trials",
+            f"{target:,} is more than {MAX_TRIALS:,}, more trials than any sampler or storage "
+            "here handles",
+            f"ask for at most {MAX_TRIALS:,}",
+        )
     points = grid_size(definition.grid()) if definition.study.sampler == "grid" else None
     if points is not None and target > points:
         raise ParameterError(
@@ -186,6 +203,21 @@ def remaining_trials(
     for key in failed[: max(0, free)]:
         study.enqueue_trial(dict(key))
     return target - len(done)
+
+
+def active_trials(definition: StudyDefinition, trials: Sequence[Any]) -> int:
+    """The trials of ``trials`` (all of a study's) that hold a place towards ``n_trials``: the
+    finished and the running ones; for a grid, the distinct finished points (a duplicate
+    point pruned by the objective holds none) and the running trials."""
+    running = sum(1 for t in trials if t.state.name == "RUNNING")
+    if definition.study.sampler != "grid":
+        return running + sum(1 for t in trials if t.state.name in FINISHED)
+    done = {
+        _grid_key(t.params)
+        for t in trials
+        if t.state.name in FINISHED and t.user_attrs.get("duplicate_of") is None
+    }
+    return running + len(done)
 
 
 def summarize_run(

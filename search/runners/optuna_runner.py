@@ -3,9 +3,25 @@
 Counting. ``n_trials`` is the number of *finished* (COMPLETE or PRUNED) trials the study should
 hold. A run adds only ``n_trials − already finished`` trials, so rerunning a finished study adds
 none, and a run interrupted or with failed trials is completed by the next one. Within a run the
-workers draw tickets from one shared counter before each trial, so exactly the missing number of
-trials is started however fast they finish; ``MaxTrialsCallback`` also stops workers when other
-processes on the same storage have filled the study.
+workers draw tickets from one shared counter before each trial, so a run never starts more than
+the missing number of trials (a set-up where every trial fails cannot loop). Across processes,
+a worker starts a trial only under the study's :class:`~..storage.TrialGate` (a lock next to
+the storage file, or an advisory lock on the server), and only while the finished and running
+trials (:func:`.common.active_trials`) are fewer than ``n_trials``: two ``effscale search``
+processes on one study stop at exactly ``n_trials``, counting the trials still running.
+
+One study, many processes. Each run registers a token in the study
+(:func:`~..storage.register_run`); a run that finds another one alive mixes its token into its
+sampler seeds (:func:`.common.make_sampler`), so that concurrent processes draw different
+points. A run alone keeps the reproducible seeds.
+
+Stopping. SIGINT (Ctrl-C) and SIGTERM stop the run (:mod:`.stopping`): the running trials are
+told FAIL with ``fail_reason = "interrupted"``, the parent forwards SIGTERM to its workers and
+waits :data:`STOP_GRACE_S` seconds for them (then kills them and records their trials itself),
+and the run ends with :class:`~..errors.RunStopped` (one line, exit ``128 + signal``). Workers
+also get SIGTERM when their parent dies. A full disk fails the trial with ``fail_reason =
+"disk_full"`` (when the storage still takes the write) and stops the run the same way (exit 1);
+nothing already stored is rewritten. A rerun resumes.
 
 Grid. Every worker's ``GridSampler`` gets the same seed, so trial ``i`` takes grid point ``i``
 (Optuna 5.0) and no point is sampled twice in the first pass. A rerun enqueues the points whose
@@ -34,31 +50,42 @@ checked.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
+import signal
+import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.study._tell import _tell_with_warning
 from optuna.trial import TrialState
 
 from ..data import prepare_data
 from ..definition import DataSection, StudyDefinition
-from ..errors import ParameterError
+from ..errors import ParameterError, RunStopped
 from ..objective import Objective, train_inputs
+from ..output import shell_path
 from ..packing import AUTO, check_trials_per_gpu, decide_packing
 from ..storage import (
     WORKER_ATTR,
     HeartbeatSettings,
     StorageLocation,
+    TrialGate,
     TrialHeartbeat,
     check_workers,
+    finish_run,
     heartbeat_forced,
     heartbeat_settings,
     open_storage,
+    register_run,
     resolve_storage_url,
     sweep_stale_trials,
     worker_identity,
@@ -66,6 +93,7 @@ from ..storage import (
 from .common import (
     RunSummary,
     TrialProgress,
+    active_trials,
     make_pruner,
     make_sampler,
     open_study,
@@ -73,10 +101,30 @@ from .common import (
     summarize_run,
     target_trials,
 )
+from .stopping import (
+    DISK_FULL,
+    EXIT_DISK_FULL,
+    EXIT_INTERRUPTED,
+    INTERRUPTED,
+    DeferringTrial,
+    DiskFullError,
+    StopSignals,
+    TrialInterrupted,
+    die_with_parent,
+    disk_full_reason,
+    ignore_sigint,
+    is_disk_full,
+    signal_name,
+)
 
-__all__ = ["run_study"]
+__all__ = ["run_study", "STOP_GRACE_S"]
 
 _POLL_S = 1.0
+#: the most worker processes one run starts
+MAX_WORKERS = 1024
+#: seconds the parent waits for its workers to record their interrupted trials before it kills
+#: them (and records those trials itself)
+STOP_GRACE_S = 10.0
 
 #: what makes a trial's objective: :class:`~..objective.Objective` or a subclass of it
 ObjectiveFactory = Callable[..., Objective]
@@ -86,11 +134,13 @@ ObjectiveFactory = Callable[..., Objective]
 
 
 class _Tickets:
-    """A counter shared by the workers: one ticket per trial to start."""
+    """A counter shared by the workers: one ticket per trial to start; ``started`` counts the
+    trials this run started."""
 
     def __init__(self, count: int, context: Any) -> None:
-        self.value = context.Value("i", count)
-        self.retries = context.Value("i", 0)
+        self.value = context.Value("q", count)
+        self.retries = context.Value("q", 0)
+        self.started = context.Value("q", 0)
 
     def take(self) -> bool:
         with self.value.get_lock():
@@ -98,6 +148,11 @@ class _Tickets:
                 return False
             self.value.value -= 1
             return True
+
+    def count_started(self) -> None:
+        """One more trial started in this run."""
+        with self.started.get_lock():
+            self.started.value += 1
 
     def count_retries(self, seen: int) -> None:
         """``seen`` retries were enqueued during this run (by any worker, by effscale's sweep or
@@ -110,15 +165,6 @@ class _Tickets:
             self.retries.value = seen
         with self.value.get_lock():
             self.value.value += new
-
-
-class _TicketCallback:
-    def __init__(self, tickets: _Tickets) -> None:
-        self.tickets = tickets
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        if not self.tickets.take():
-            study.stop()
 
 
 @dataclass(frozen=True)
@@ -137,6 +183,8 @@ class _WorkerJob:
     rdb_heartbeat: bool = False
     resumed_at: int = 0
     objective: ObjectiveFactory = Objective
+    salt: int | None = None
+    parent_pid: int = 0
 
 
 class _GuardedObjective:
@@ -200,10 +248,166 @@ def _device(job: _WorkerJob) -> str:
     return device
 
 
-def _work(
-    job: _WorkerJob, tickets: _Tickets, on_trial: Callable[[Any, Any], None] | None = None
+def _record_failure(study: Any, trial: Any, reason: str, error: str) -> bool:
+    """Tell ``trial`` FAIL with ``fail_reason`` and ``error``; whether the storage took it
+    (a full disk may refuse the write: the trial is then left RUNNING for the next run's sweep
+    of dead workers)."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        study._storage.set_trial_user_attr(trial._trial_id, "error", error)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    except Exception:  # the storage is full or gone: nothing more can be recorded
+        return False
+    return True
+
+
+def _disk_full(study: Any, trial: Any, exc: BaseException) -> DiskFullError:
+    """Record a disk-full failure of ``trial`` (``None``: before a trial was created) as far as
+    the storage allows, and return the error that stops the run."""
+    message = disk_full_reason(exc)
+    recorded = trial is not None and _record_failure(
+        study, trial, DISK_FULL, f"disk full: {message}"
+    )
+    return DiskFullError(message, number=None if trial is None else trial.number, recorded=recorded)
+
+
+def _start_trial(
+    study: Any,
+    job: _WorkerJob,
+    tickets: _Tickets,
+    gate: TrialGate,
+    signals: StopSignals,
+) -> Any:
+    """The next trial, or ``None`` when the run should stop: a signal, no ticket left, or the
+    study full (finished and running trials of every process reaching the target, after the
+    trials of dead workers are swept). Counting and creating happen under ``gate``."""
+    with gate:
+        if signals.requested:
+            return None
+        full = active_trials(job.definition, study.get_trials(deepcopy=False)) >= job.target
+        if full and sweep_stale_trials(study, job.heartbeat):
+            tickets.count_retries(_retries_since(study, job.resumed_at))
+            full = active_trials(job.definition, study.get_trials(deepcopy=False)) >= job.target
+        if full or not tickets.take():
+            return None
+        trial = study.ask()
+        tickets.count_started()
+        return trial
+
+
+def _retries_since(study: Any, first_number: int) -> int:
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.number >= first_number and t.user_attrs.get("retry_of") is not None
+    )
+
+
+def _run_trial(study: Any, trial: Any, objective: Any, signals: StopSignals) -> None:
+    """Evaluate ``trial`` and tell the storage how it ended, as ``study.optimize`` would (any
+    ``Exception`` of the objective is a FAIL), except that a signal tells it FAIL with
+    ``fail_reason = "interrupted"`` and re-raises :class:`.TrialInterrupted`, and a full disk
+    raises :class:`.DiskFullError`."""
+    value: Any = None
+    state: TrialState | None = None
+    failure: BaseException | None = None
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            with signals.interruptible():
+                value = objective(DeferringTrial(trial, signals))
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except TrialInterrupted as exc:
+        _record_failure(study, trial, INTERRUPTED, f"interrupted by {signal_name(exc.signum)}")
+        raise
+    except Exception as exc:
+        state, failure = TrialState.FAIL, exc
+    if failure is not None and is_disk_full(failure):
+        raise _disk_full(study, trial, failure) from None
+    try:
+        _tell_with_warning(
+            study=study, trial=trial, value_or_values=value, state=state, suppress_warning=True
+        )
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise _disk_full(study, trial, exc) from None
+        raise
+
+
+def _trial_loop(
+    job: _WorkerJob,
+    study: Any,
+    objective: Any,
+    tickets: _Tickets,
+    signals: StopSignals,
+    on_trial: Callable[[Any, Any], None] | None = None,
 ) -> None:
-    """One worker: load the study, then run trials while tickets last."""
+    """Run trials until the run should stop (:func:`_start_trial`)."""
+    gate = TrialGate(job.location, job.study_name)
+    sweep = _SweepCallback(tickets, job.heartbeat, job.resumed_at)
+    training = job.definition.objective.kind == "train"
+    study._stop_flag = False
+    study._thread_local.in_optimize_loop = True  # samplers may call study.stop() (the grid)
+    try:
+        while not signals.requested and not study._stop_flag:
+            if is_heartbeat_enabled(study._storage):  # as study.optimize does, for RDB storages
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            try:
+                trial = _start_trial(study, job, tickets, gate, signals)
+            except Exception as exc:
+                if is_disk_full(exc):
+                    raise _disk_full(study, None, exc) from None
+                raise
+            if trial is None:
+                break
+            try:
+                _run_trial(study, trial, objective, signals)
+            finally:
+                if training:
+                    gc.collect()
+            frozen = study._storage.get_trial(trial._trial_id)
+            sweep(study, frozen)
+            if on_trial is not None:
+                on_trial(study, frozen)
+    finally:
+        study._thread_local.in_optimize_loop = False
+        gate.close()
+        study._storage.remove_session()
+
+
+def _work(
+    job: _WorkerJob,
+    tickets: _Tickets,
+    on_trial: Callable[[Any, Any], None] | None = None,
+    signals: StopSignals | None = None,
+) -> None:
+    """One worker: load the study, then run trials while tickets last and the study has room.
+
+    In a worker process (``signals`` not given), SIGINT and SIGTERM stop it after the running
+    trial is recorded FAIL ``"interrupted"`` (exit code :data:`.EXIT_INTERRUPTED`), a full disk
+    stops it with :data:`.EXIT_DISK_FULL`, and it dies with its parent. In the parent
+    (``signals`` given) :class:`.TrialInterrupted` and :class:`.DiskFullError` propagate."""
+    if signals is None:
+        die_with_parent(job.parent_pid)
+        code = 0
+        with StopSignals() as own:
+            try:
+                _work(job, tickets, on_trial, own)
+            except TrialInterrupted:
+                code = EXIT_INTERRUPTED
+            except DiskFullError:
+                code = EXIT_DISK_FULL
+            if own.requested:
+                code = code or EXIT_INTERRUPTED
+        if code:
+            # Everything is recorded (committed or fsynced). Skip the interpreter's teardown
+            # of torch and timm, which takes seconds on a busy machine: the parent waits.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return
     if job.gpu is not None and job.pin_gpu:  # before CUDA is initialized in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -215,7 +419,7 @@ def _work(
     study = optuna.load_study(
         study_name=job.study_name,
         storage=storage,
-        sampler=make_sampler(d, worker=job.index, resumed_at=job.resumed_at),
+        sampler=make_sampler(d, worker=job.index, resumed_at=job.resumed_at, salt=job.salt),
         pruner=make_pruner(d),
     )
     objective = _GuardedObjective(
@@ -231,20 +435,7 @@ def _work(
         heartbeat=job.heartbeat,
         rdb_heartbeat=job.rdb_heartbeat,
     )
-    callbacks: list[Callable[[Any, Any], None]] = []
-    if d.study.sampler != "grid":
-        callbacks.append(
-            optuna.study.MaxTrialsCallback(
-                job.target, states=(TrialState.COMPLETE, TrialState.PRUNED)
-            )
-        )
-    callbacks.append(_SweepCallback(tickets, job.heartbeat, job.resumed_at))
-    callbacks.append(_TicketCallback(tickets))
-    if on_trial is not None:
-        callbacks.append(on_trial)
-    if not tickets.take():
-        return
-    study.optimize(objective, catch=(Exception,), callbacks=callbacks, gc_after_trial=training)
+    _trial_loop(job, study, objective, tickets, signals, on_trial)
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -308,8 +499,12 @@ def run_study(
     target = target_trials(d, n_trials)
     gpu_list = tuple(ex.gpus if gpus is None else gpus)
     per_gpu = check_trials_per_gpu(ex.trials_per_gpu if trials_per_gpu is None else trials_per_gpu)
-    if workers is not None and workers < 1:
-        raise ParameterError("workers", f"must be >= 1, got {workers}", "give 1 or more")
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ParameterError(
+            "workers",
+            f"must be in [1, {MAX_WORKERS}] worker processes, got {workers:,}",
+            f"give 1 to {MAX_WORKERS}, or use the Ray backend across machines",
+        )
     wanted = workers if workers is not None else (None if gpu_list else ex.workers)
     location = resolve_storage_url(storage or d.storage_url, base_dir=d.folder)
     slots: list[int | None] | None = None
@@ -355,9 +550,8 @@ def run_study(
         return summarize_run(d, location, study, target, 0, (), packing)
     if packing is not None:
         study.set_user_attr("packing", packing)
-    trials_before = study.get_trials(deepcopy=False)
-    before = len(trials_before)
-    waiting = {t.number for t in trials_before if t.state.name == "WAITING"}  # retries, grid
+    before = len(study.get_trials(deepcopy=False))
+    token = register_run(study)  # concurrent runs on this study get other seeds
 
     context = multiprocessing.get_context("spawn")
     tickets = _Tickets(remaining, context)
@@ -380,42 +574,146 @@ def run_study(
             rdb_heartbeat=rdb_heartbeat,
             resumed_at=before,
             objective=objective,
+            salt=token.salt,
+            parent_pid=os.getpid(),
         )
         for i, gpu in enumerate(slots)
     ]
     failed: list[int] = []
-    with TrialProgress(target=target, quiet=quiet) as progress:
-        progress.update(study.get_trials(deepcopy=False))
-        if len(jobs) == 1:
-            _work(
-                jobs[0],
-                tickets,
-                on_trial=None
-                if quiet
-                else lambda s, _t: progress.update(s.get_trials(deepcopy=False)),
-            )
-        else:
-            processes = [
-                context.Process(
-                    target=_work, args=(job, tickets), name=f"effscale-worker-{job.index}"
-                )
-                for job in jobs
-            ]
-            for process in processes:
-                process.start()
-            while any(p.is_alive() for p in processes):
+    try:
+        with StopSignals() as signals, TrialProgress(target=target, quiet=quiet) as progress:
+            progress.update(study.get_trials(deepcopy=False))
+            try:
+                if len(jobs) == 1:
+                    _work(
+                        jobs[0],
+                        tickets,
+                        on_trial=None
+                        if quiet
+                        else lambda s, _t: progress.update(s.get_trials(deepcopy=False)),
+                        signals=signals,
+                    )
+                else:
+                    failed = _run_processes(context, jobs, tickets, study, beat, progress, signals)
+            except TrialInterrupted as exc:
+                signals.signum = exc.signum
+            except DiskFullError as exc:
+                raise _disk_full_stop(d, location, exc) from None
+            if signals.requested:
+                assert signals.signum is not None
+                raise _interrupted_stop(d, study, target, signals.signum, before)
+            progress.update(study.get_trials(deepcopy=False))
+    finally:
+        finish_run(study, token)
+    return summarize_run(d, location, study, target, tickets.started.value, tuple(failed), packing)
+
+
+def _run_processes(
+    context: Any,
+    jobs: list[_WorkerJob],
+    tickets: _Tickets,
+    study: Any,
+    beat: HeartbeatSettings,
+    progress: TrialProgress,
+    signals: StopSignals,
+) -> list[int]:
+    """Run ``jobs`` as worker processes until they end; returns the exit codes of those that
+    crashed. A signal to this process stops them (:func:`_stop_workers`) and raises
+    :class:`.TrialInterrupted`; a worker that stopped on a full disk stops the others and raises
+    :class:`.DiskFullError`."""
+    processes = [
+        context.Process(target=_work, args=(job, tickets), name=f"effscale-worker-{job.index}")
+        for job in jobs
+    ]
+    with ignore_sigint():  # a Ctrl-C now must not reach workers still importing torch
+        for process in processes:
+            process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            with signals.interruptible():
                 time.sleep(_POLL_S)
-                progress.update(study.get_trials(deepcopy=False))
-            for process in processes:
-                process.join()
-            failed = [p.exitcode for p in processes if p.exitcode]
-            if failed:  # fail the trials of the dead workers now; the rerun runs their retries
-                sweep_stale_trials(study, beat)
-        progress.update(study.get_trials(deepcopy=False))
-    trials_after = study.get_trials(deepcopy=False)
-    started = (
-        len(trials_after)
-        - before
-        + sum(1 for t in trials_after if t.number in waiting and t.state.name != "WAITING")
+            if any(p.exitcode == EXIT_DISK_FULL for p in processes):
+                break
+            progress.update(study.get_trials(deepcopy=False))
+    except TrialInterrupted:
+        _stop_workers(processes, study)
+        raise
+    if any(p.exitcode == EXIT_DISK_FULL for p in processes):
+        _stop_workers(processes, study)
+        full = [t for t in study.get_trials(deepcopy=False) if _failed_for(t, DISK_FULL)]
+        raise DiskFullError(
+            "a worker could not write: the disk is full",
+            number=full[-1].number if full else None,
+            recorded=bool(full),
+        )
+    for process in processes:
+        process.join()
+    crashed = [
+        p.exitcode for p in processes if p.exitcode and p.exitcode not in (EXIT_INTERRUPTED,)
+    ]
+    if any(p.exitcode == EXIT_INTERRUPTED for p in processes):
+        signals.signum = signals.signum or signal.SIGTERM  # a worker was stopped from outside
+    if crashed:  # fail the trials of the dead workers now; the rerun runs their retries
+        sweep_stale_trials(study, beat)
+    return crashed
+
+
+def _stop_workers(processes: Sequence[Any], study: Any) -> None:
+    """SIGTERM to every live worker; after :data:`STOP_GRACE_S` seconds SIGKILL to those still
+    running, whose RUNNING trials are then told FAIL ``"interrupted"`` here."""
+    for process in processes:
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    killed = {p.pid for p in processes if p.is_alive()}
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if not killed:
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.system_attrs.get(WORKER_ATTR)
+        if isinstance(worker, dict) and worker.get("pid") in killed:
+            _record_failure(study, trial, INTERRUPTED, "interrupted: its worker was killed")
+
+
+def _failed_for(trial: Any, reason: str) -> bool:
+    return trial.state.name == "FAIL" and trial.user_attrs.get("fail_reason") == reason
+
+
+def _interrupted_stop(
+    d: StudyDefinition, study: Any, target: int, signum: int, first_number: int
+) -> RunStopped:
+    trials = study.get_trials(deepcopy=False)
+    interrupted = sum(1 for t in trials if t.number >= first_number and _failed_for(t, INTERRUPTED))
+    finished = sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
+    return RunStopped(
+        f"interrupted by {signal_name(signum)}: {interrupted} interrupted trial(s) recorded FAIL "
+        f'(fail_reason "{INTERRUPTED}"), {finished} of {target} finished; run `effscale search '
+        f"{shell_path(d.path)}` again to go on",
+        exit_code=128 + int(signum),
     )
-    return summarize_run(d, location, study, target, started, tuple(failed), packing)
+
+
+def _disk_full_stop(
+    d: StudyDefinition, location: StorageLocation, exc: DiskFullError
+) -> RunStopped:
+    if exc.number is None:
+        what = "no trial could start"
+    elif exc.recorded:
+        what = f'trial {exc.number} recorded FAIL (fail_reason "{DISK_FULL}")'
+    else:
+        what = f"trial {exc.number} could not be recorded (the next run fails it as lost)"
+    where = location.path.parent if location.path is not None else d.folder
+    return RunStopped(
+        f"disk full ({exc}): {what}; the run stopped and the trials already stored are "
+        f"intact; free space (on {where} or where the trials write) and run `effscale search "
+        f"{shell_path(d.path)}` again",
+        exit_code=1,
+    )

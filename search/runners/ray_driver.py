@@ -61,8 +61,10 @@ A worker that died without a Python error gives ``fail_reason = "worker_lost"``.
 Tune's experiment state lives in ``storage_path`` (default ``<study-file-stem>.ray/`` next to the
 study file), one experiment per run that did not finish, named in ``<study>-<key>.json`` there.
 Ctrl-C stops Tune cleanly; the trials it interrupted are told FAIL (``error`` starts with
-``interrupted``, ``fail_reason = "worker_lost"``) and ``effscale`` exits 130. Running the same
-command again (also after ``kill -9``) restores the experiment with ``Tuner.restore``: trials of
+``interrupted``, ``fail_reason = "interrupted"``) and ``effscale`` prints one line and exits 130
+(:class:`~..errors.RunStopped`). A local Ray that effscale starts listens on 127.0.0.1 only; an
+``--address`` where nothing answers is refused within :data:`RAY_CONNECT_TIMEOUT_S` seconds.
+Running the same command again (also after ``kill -9``) restores the experiment with ``Tuner.restore``: trials of
 that experiment still RUNNING in Optuna are told FAIL and are not resumed
 (``resume_unfinished=False``: a resumed function trial would start over on a trial that may be
 half recorded), and new trials replace them, so the study ends with exactly ``n_trials``
@@ -82,7 +84,6 @@ import math
 import os
 import re
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -94,13 +95,14 @@ import optuna
 import ray
 from optuna.trial import TrialState
 from ray import tune
+from ray._private import ray_constants
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..data import prepare_data
 from ..definition import StudyDefinition
-from ..errors import ParameterError
+from ..errors import ParameterError, RunStopped
 from ..objective import Objective, train_inputs
 from ..packing import AUTO, check_trials_per_gpu, decide_packing, resolve_packing
 from ..space import suggest
@@ -536,15 +538,18 @@ def _update_progress(live: _Live, study: Any) -> None:
         live.progress.update(study.get_trials(deepcopy=False))
 
 
-def _sweep(study: Any, experiment: str, reason: str = _INTERRUPTED) -> list[int]:
-    """Tell FAIL every trial of ``experiment`` still RUNNING (its driver is gone); their numbers."""
+def _sweep(
+    study: Any, experiment: str, reason: str = _INTERRUPTED, fail_reason: str = "worker_lost"
+) -> list[int]:
+    """Tell FAIL every trial of ``experiment`` still RUNNING (its driver is gone, or stopped:
+    ``fail_reason = "interrupted"``); their numbers."""
     storage = study._storage
     swept = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.system_attrs.get(EXPERIMENT_ATTR) != experiment:
             continue
         storage.set_trial_user_attr(trial._trial_id, "error", reason)
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker_lost")
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", fail_reason)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         swept.append(trial.number)
     return swept
@@ -553,12 +558,62 @@ def _sweep(study: Any, experiment: str, reason: str = _INTERRUPTED) -> list[int]
 # ------------------------------------------------------------------------------------ the run
 
 
+#: seconds a Ray address gets to accept a TCP connection before it is refused
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_address(address: str) -> None:
+    """Refuse, within :data:`RAY_CONNECT_TIMEOUT_S`, a ``HOST:PORT`` (or ``ray://HOST:PORT``)
+    where nothing accepts a TCP connection: ``ray.init`` would retry it for minutes. ``auto``
+    is left to Ray, which answers at once when it finds no cluster."""
+    if address == "auto":
+        return
+    text = address.split("://", 1)[1] if "://" in address else address
+    host, _, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ParameterError(
+            "address",
+            f"{address!r} is not auto or HOST:PORT",
+            "write e.g. --address 10.0.0.5:6379 (the head node's GCS port) or --address auto",
+        )
+    try:
+        socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {RAY_CONNECT_TIMEOUT_S:g} s"
+        raise ParameterError(
+            "address",
+            f"no Ray cluster answers at {address!r} ({reason})",
+            "start one with `ray start --head` (see docs/cluster.md), check the host and port, "
+            "or drop --address for a local Ray",
+        ) from None
+
+
+def _init_local(**kwargs: Any) -> None:
+    """Start a Ray on this machine that listens on 127.0.0.1 only. Ray binds its servers to
+    the node's IP and turns a given 127.0.0.1 into the machine's outward address, except where
+    clusters are off (``ray_constants.ENABLE_RAY_CLUSTER``, Ray's setting for Windows and
+    macOS); that switch is turned off for the call, so no port of this Ray is reachable from
+    other machines. A cluster is joined with ``--address`` instead."""
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        if saved is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def _connect(options: RayOptions) -> bool:
-    """Join the cluster at ``options.address`` or start a local Ray; whether we started it."""
+    """Join the cluster at ``options.address`` or start a local Ray on 127.0.0.1; whether we
+    started it."""
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if options.address is not None:
+        _check_address(options.address)
         try:
             ray.init(address=options.address, **kwargs)
         except ConnectionError as exc:
@@ -573,14 +628,14 @@ def _connect(options: RayOptions) -> bool:
         saved = os.environ.get("CUDA_VISIBLE_DEVICES")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, options.local_gpus))
         try:
-            ray.init(num_gpus=len(options.local_gpus), include_dashboard=False, **kwargs)
+            _init_local(num_gpus=len(options.local_gpus), **kwargs)
         finally:
             if saved is None:
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = saved
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        _init_local(**kwargs)
     return True
 
 
@@ -690,8 +745,8 @@ def run_study(
     ``M`` from :func:`..packing.resolve_packing` (``cpu_count`` as in the Optuna runner);
     its reason is printed unless ``quiet`` and stored in the study's ``packing`` user attr.
     ``objective`` makes the objective on the workers (a subclass injects faults in tests; Ray
-    pickles it). Raises ``KeyboardInterrupt`` after a Ctrl-C, once the interrupted trials are
-    recorded FAIL.
+    pickles it). Raises :class:`~..errors.RunStopped` (exit 130) after a Ctrl-C, once the
+    interrupted trials are recorded FAIL.
     """
     d = definition
     target = target_trials(d, n_trials)
@@ -861,7 +916,7 @@ def _run(
             with _quiet_tune_logs():
                 tuner.fit()
     finally:
-        swept = [] if live.finished else _sweep(study, experiment)
+        swept = [] if live.finished else _sweep(study, experiment, fail_reason="interrupted")
         _LIVE.pop(experiment, None)
         for name, value in saved_env.items():
             if value is None:
@@ -869,12 +924,11 @@ def _run(
             else:
                 os.environ[name] = value
     if not live.finished:  # Tune stopped on Ctrl-C (or SIGUSR1) and returned
-        print(
-            f"effscale search: stopped; {len(swept)} running trial(s) recorded FAIL; run the "
-            "same command again to go on",
-            file=sys.stderr,
+        raise RunStopped(
+            f"stopped; {len(swept)} running trial(s) recorded FAIL (fail_reason "
+            f'"interrupted"); run the same command again to go on',
+            exit_code=130,
         )
-        raise KeyboardInterrupt
     pointer.unlink(missing_ok=True)
     trials_after = study.get_trials(deepcopy=False)
     started = (

@@ -1,13 +1,24 @@
 """Where studies live and what keeps them whole: storage URLs and opening (:mod:`.urls`),
-journal files that survive killed writers (:mod:`.journal`) and worker liveness, the heartbeats
-and the sweep of dead workers' trials (:mod:`.liveness`)."""
+journal files that survive killed writers (:mod:`.journal`), worker liveness, the heartbeats
+and the sweep of dead workers' trials (:mod:`.liveness`), and the lock and run tokens that let
+many processes share one study (:mod:`.gate`)."""
 
+from .gate import (
+    RUN_ATTR_PREFIX,
+    START_LOCK_SUFFIX,
+    RunToken,
+    TrialGate,
+    finish_run,
+    live_runs,
+    register_run,
+)
 from .journal import (
     ENV_JOURNAL_LOCK_GRACE,
     JOURNAL_LOCK_GRACE_S,
     JournalCheck,
     SafeJournalFileBackend,
     check_journal,
+    looks_like_journal,
     repair_journal,
 )
 from .liveness import (
@@ -30,18 +41,30 @@ from .liveness import (
     worker_identity,
 )
 from .urls import (
+    CONNECT_TIMEOUT_S,
     SQLITE_MAX_WORKERS,
     SQLITE_TIMEOUT_S,
     StorageLocation,
+    check_rdb_driver,
+    check_storage_file,
     check_workers,
     default_storage_url,
+    masked_url,
     open_storage,
     resolve_storage_url,
 )
 
 __all__ = [
+    "RUN_ATTR_PREFIX",
+    "START_LOCK_SUFFIX",
+    "RunToken",
+    "TrialGate",
+    "register_run",
+    "finish_run",
+    "live_runs",
     "SQLITE_MAX_WORKERS",
     "SQLITE_TIMEOUT_S",
+    "CONNECT_TIMEOUT_S",
     "HEARTBEAT_INTERVAL_S",
     "GRACE_PERIOD_S",
     "JOURNAL_LOCK_GRACE_S",
@@ -57,9 +80,13 @@ __all__ = [
     "default_storage_url",
     "resolve_storage_url",
     "open_storage",
+    "masked_url",
+    "check_storage_file",
+    "check_rdb_driver",
     "check_workers",
     "SafeJournalFileBackend",
     "JournalCheck",
+    "looks_like_journal",
     "check_journal",
     "repair_journal",
     "worker_identity",

@@ -31,6 +31,7 @@ __all__ = [
     "ENV_JOURNAL_LOCK_GRACE",
     "SafeJournalFileBackend",
     "JournalCheck",
+    "looks_like_journal",
     "check_journal",
     "repair_journal",
 ]
@@ -66,7 +67,11 @@ def _backup(path: Path) -> Path:
     while backup.exists():
         index += 1
         backup = path.with_name(f"{path.name}.bak.{index}")
-    shutil.copy2(path, backup)
+    try:
+        shutil.copy2(path, backup)
+    except BaseException:  # a full disk: no half copy is left behind, the journal is untouched
+        backup.unlink(missing_ok=True)
+        raise
     return backup
 
 
@@ -245,11 +250,33 @@ def _scan(path: Path) -> tuple[JournalCheck, list[bytes]]:
     return report, kept
 
 
-def check_journal(path: str | Path) -> JournalCheck:
-    """Read a journal file and report torn or corrupt lines (nothing is written)."""
-    path = Path(path)
+def looks_like_journal(path: str | Path) -> bool:
+    """Whether ``path`` is an empty file or one whose first line (complete or torn) starts an
+    Optuna journal log (``{"op_code"``): not, say, a study file or an SQLite database given
+    as a journal."""
+    with open(path, "rb") as handle:
+        head = handle.read(65536)
+    if not head:
+        return True
+    first = head.split(b"\n", 1)[0]
+    return first.startswith(_LOG_START) or _parse_log(first)
+
+
+def _require_journal(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"no journal file: {path}")
+    if not looks_like_journal(path):
+        raise ValueError(
+            f"study.storage: {path} is not a journal file (its first line is not an Optuna "
+            "log); nothing was changed; give the journal:/// URL of the study's journal"
+        )
+
+
+def check_journal(path: str | Path) -> JournalCheck:
+    """Read a journal file and report torn or corrupt lines (nothing is written). A file that
+    is not a journal (:func:`looks_like_journal`) is refused with ``ValueError``."""
+    path = Path(path)
+    _require_journal(path)
     return _scan(path)[0]
 
 
@@ -258,11 +285,10 @@ def repair_journal(path: str | Path) -> tuple[JournalCheck, Path | None]:
     were glued onto torn ones. The file as it was goes to ``<journal>.bak`` first; the new one
     replaces it atomically (temp file, fsync, rename) under the journal lock. Run it while no
     worker writes (a stopped search). Returns the report from before and the backup (``None``
-    when there was nothing to repair)."""
+    when there was nothing to repair). A file that is not a journal is refused untouched."""
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no journal file: {path}")
+    _require_journal(path)
     backend = SafeJournalFileBackend(str(path))
     with get_lock_file(backend._lock):
         report, kept = _scan(path)

@@ -7,6 +7,11 @@ URLs
 * ``journal:///name.journal`` (relative) or ``journal:////abs/name.journal``: an append-only
   journal file (``JournalStorage`` over effscale's :class:`~.journal.SafeJournalFileBackend`).
 * ``postgresql://…``, ``mysql://…``: an RDB server, passed to ``RDBStorage`` as is.
+  ``postgresql://`` is SQLAlchemy 2.1's psycopg 3 driver, a dependency of effscale
+  (``psycopg[binary]``); ``postgresql+psycopg2://`` needs ``psycopg2-binary``. A missing driver,
+  a refused or silent server (:data:`CONNECT_TIMEOUT_S`) and a file of the wrong kind (a
+  folder, a study file given as a database or a journal) are refused in one line naming the fix
+  (:func:`check_storage_file`, :func:`open_storage`).
 
 Parallel workers (``docs/reliability.md`` has the figures and the commands that produce them)
 -------------------------------------------------------------------------------------------
@@ -29,23 +34,42 @@ from typing import Any
 
 from optuna import storages
 from optuna.exceptions import ExperimentalWarning
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from ..errors import ParameterError
-from .journal import SafeJournalFileBackend, check_journal
+from .journal import SafeJournalFileBackend, check_journal, looks_like_journal
 from .liveness import HeartbeatSettings, RetryStaleTrial, heartbeat_settings
 
 __all__ = [
     "SQLITE_MAX_WORKERS",
     "SQLITE_TIMEOUT_S",
+    "CONNECT_TIMEOUT_S",
     "StorageLocation",
     "default_storage_url",
     "resolve_storage_url",
+    "masked_url",
+    "check_storage_file",
+    "check_rdb_driver",
+    "rdb_connect_args",
     "open_storage",
     "check_workers",
 ]
 
 SQLITE_MAX_WORKERS = 8
 SQLITE_TIMEOUT_S = 60
+#: seconds a database server gets to accept a connection before the storage is refused
+CONNECT_TIMEOUT_S = 5
+#: the first 16 bytes of every SQLite database file
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: the install line for each RDB driver SQLAlchemy may ask for
+_DRIVER_FIX = {
+    "psycopg": "pip install 'psycopg[binary]' (effscale depends on it; reinstall effscale)",
+    "psycopg2": "pip install psycopg2-binary, or write postgresql:// (psycopg 3, installed with "
+    "effscale)",
+    "mysqldb": "pip install mysqlclient, or write mysql+pymysql:// and pip install pymysql",
+    "pymysql": "pip install pymysql",
+}
 #: openings of an RDB storage tried when another process is creating the same new schema
 _SCHEMA_ATTEMPTS = 5
 #: what an RDB error says when another process made the same new schema first
@@ -117,6 +141,96 @@ def resolve_storage_url(url: str, *, base_dir: str | Path) -> StorageLocation:
     return StorageLocation(kind="rdb", url=url, path=None)
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (for messages)."""
+    try:
+        return str(make_url(url).render_as_string(hide_password=True))
+    except Exception:  # not an RDB URL SQLAlchemy can parse: file URLs hold no password
+        return url
+
+
+def check_storage_file(location: StorageLocation) -> None:
+    """Refuse a storage path that cannot be the file ``location`` names: a folder, or an
+    existing non-empty file of another kind (an SQLite path that is not an SQLite database, a
+    journal path that holds no journal, such as the study file itself). A missing or empty
+    file is fine: the storage creates it. Raises :class:`.ParameterError` naming
+    ``study.storage``; a server URL is not checked here (see :func:`check_rdb_driver`)."""
+    path = location.path
+    if path is None:
+        return
+    noun = "SQLite database" if location.kind == "sqlite" else "journal file"
+    kind = f"an {noun}" if location.kind == "sqlite" else f"a {noun}"
+    fix = f"point {location.kind}:/// at a new file name or at the study's {noun}"
+    if path.is_dir():
+        raise ParameterError("study.storage", f"{path} is a folder, not {kind}", fix)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ParameterError("study.storage", f"{path.parent} is a file, not a folder", fix)
+    if path.exists() and not path.is_file():
+        raise ParameterError("study.storage", f"{path} is not a regular file", fix)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    if location.kind == "sqlite":
+        with open(path, "rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+        if head != _SQLITE_MAGIC:
+            raise ParameterError(
+                "study.storage", f"{path} is not {kind} (it does not start with {head[:16]!r})", fix
+            )
+    elif not looks_like_journal(path):
+        raise ParameterError(
+            "study.storage", f"{path} is not {kind} (its first line is not an Optuna log)", fix
+        )
+
+
+def check_rdb_driver(url: str) -> None:
+    """Refuse a server URL that SQLAlchemy cannot parse or whose Python driver is not
+    installed, in one line naming the package (:class:`.ParameterError` on ``study.storage``)."""
+    shown = masked_url(url)
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ParameterError(
+            "study.storage",
+            f"{shown} is not a database URL SQLAlchemy can use ({' '.join(str(exc).split())})",
+            "write postgresql://user:password@host:5432/database",
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        driver = str(getattr(dialect, "driver", "?"))
+        raise ParameterError(
+            "study.storage",
+            f"{shown} needs the Python driver {driver!r}, which is not installed ({exc})",
+            _DRIVER_FIX.get(driver, f"install the {driver} package"),
+        ) from None
+
+
+def rdb_connect_args(url: str) -> dict[str, Any]:
+    """A connect timeout of :data:`CONNECT_TIMEOUT_S` for PostgreSQL and MySQL drivers, unless
+    the URL sets one: a host that drops packets is refused in seconds, not minutes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() not in ("postgresql", "mysql") or "connect_timeout" in (
+        parsed.query
+    ):
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT_S}
+
+
+def _open_error(location: StorageLocation, exc: BaseException) -> ParameterError:
+    """A one-line :class:`.ParameterError` for a storage that could not be opened."""
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(original).__name__
+    if location.kind == "rdb":
+        fix = "check that the server runs and accepts this user, host, port and database"
+    else:
+        fix = "check that the folder exists, is writable and has free space"
+    return ParameterError(
+        "study.storage", f"cannot open {masked_url(location.url)}: {reason[:200]}", fix
+    )
+
+
 def check_workers(location: StorageLocation, workers: int) -> None:
     """Refuse SQLite for more than :data:`SQLITE_MAX_WORKERS` parallel workers."""
     if location.kind == "sqlite" and workers > SQLITE_MAX_WORKERS:
@@ -136,8 +250,13 @@ def open_storage(location: StorageLocation, *, heartbeat: bool | HeartbeatSettin
     Optuna's heartbeat every interval and retry a stale trial once (:class:`RetryStaleTrial`).
     Journal files use :class:`SafeJournalFileBackend` with a lock released by force after
     :data:`JOURNAL_LOCK_GRACE_S`; a journal with a corrupt line is refused with the fix.
+    A path of the wrong kind (:func:`check_storage_file`), a missing driver
+    (:func:`check_rdb_driver`) and a database that cannot be opened (a refused port, a server
+    silent for :data:`CONNECT_TIMEOUT_S`, a folder that is not writable) are refused with a
+    one-line :class:`.ParameterError` naming ``study.storage``.
     """
 
+    check_storage_file(location)
     if location.kind == "journal":
         assert location.path is not None
         location.path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +276,11 @@ def open_storage(location: StorageLocation, *, heartbeat: bool | HeartbeatSettin
         assert location.path is not None
         location.path.parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    else:
+        check_rdb_driver(location.url)
+        connect_args = rdb_connect_args(location.url)
+        if connect_args:
+            kwargs["engine_kwargs"] = {"connect_args": connect_args}
     with warnings.catch_warnings():  # the heartbeat API is marked experimental in Optuna 5.0
         warnings.simplefilter("ignore", ExperimentalWarning)
         if heartbeat:
@@ -178,6 +302,8 @@ def open_storage(location: StorageLocation, *, heartbeat: bool | HeartbeatSettin
                 # there now: opening again succeeds.
                 racing = any(sign in str(exc) for sign in _SCHEMA_RACE_SIGNS)
                 if not racing or attempt == _SCHEMA_ATTEMPTS - 1:
+                    if isinstance(exc, SQLAlchemyError):  # the database's own answer
+                        raise _open_error(location, exc) from exc
                     raise
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover

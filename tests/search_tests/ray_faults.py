@@ -16,6 +16,7 @@ from typing import Any
 import ray.cloudpickle
 from optuna.trial import TrialState
 
+from effscale.search.errors import RunStopped
 from effscale.search.objective import Objective
 from effscale.search.runners.ray_worker import ATTEMPTS_ATTR
 
@@ -66,8 +67,9 @@ def _drive(study: str, address: str, seconds: float, after: int) -> int:
             quiet=True,
             objective=sleeping(seconds, after=after),
         )
-    except KeyboardInterrupt:
-        return 130
+    except RunStopped as stopped:  # Ctrl-C: one line, as `effscale search` prints it
+        print(f"effscale search: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     print(f"{summary.started} started now, {summary.target} wanted")
     return 0
 

@@ -4,6 +4,7 @@ the dashboard is not counted twice by Optuna; non-loopback hosts need ``--allow-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -23,6 +25,7 @@ import pytest
 
 from effscale.search.cli import main
 from effscale.search.dashboard import (
+    FIRST_USER_ATTRS,
     FeasibilityView,
     artifact_store_for,
     attach_files,
@@ -31,16 +34,20 @@ from effscale.search.dashboard import (
     is_loopback,
     list_artifacts,
     make_app,
+    prepare_study,
     record_feasibility,
+    study_note,
     write_study_note,
 )
 from effscale.search.objective import Objective
+from effscale.search.plots import write_plots
 from effscale.search.runners.optuna_runner import run_study
 from effscale.search.study_file import load_study_file
 from effscale.search.trials import (
     CONSTRAINTS_ATTR,
     constraint_values,
     dashboard_constraints,
+    find_region,
     load_study,
     pareto_front,
 )
@@ -166,7 +173,9 @@ def test_dashboard_serves_feasibility_attrs_note_and_artifacts(tmp_path):
         assert definition.text.rstrip() in note
 
         plots = {a["filename"]: a for a in detail["artifacts"]}
-        assert set(plots) == {"ap_vs_macs.png", "coefficients.png"}
+        with tempfile.TemporaryDirectory() as folder:  # the plots effscale draws, all attached
+            drawn = write_plots(definition, trials, out=Path(folder)).paths.values()
+            assert set(plots) == {Path(p).name for p in drawn} >= {"ap_vs_macs.png"}
         kind, body = get_bytes(
             f"{base}/artifacts/{summary['study_id']}/{plots['ap_vs_macs.png']['artifact_id']}"
         )
@@ -323,3 +332,116 @@ def test_attach_files_dedupes_and_stays_inside_its_folder(tmp_path):
 
     note = get_note(study)
     assert "Made by effscale 9.9" in note and "````toml\n" + text.rstrip() + "\n````" in note
+
+
+def journal_storage(path: Path):
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def wsgi_raw(app, path: str) -> tuple[dict[str, str], bytes]:
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    headers: dict[str, str] = {}
+
+    def start(s, h, exc_info=None):
+        status.append(s)
+        headers.update(h)
+
+    body = b"".join(app(environ, start))
+    assert status[0].startswith("200"), (status, body[:300])
+    return headers, body
+
+
+def test_the_view_shows_gamma_the_facts_first_and_a_feasibility_figure(surrogate_study):
+    path = surrogate_study(
+        {
+            "study.n_trials": "10",
+            "study.seeds": "[0, 1, 2]",
+            "study.storage": '"journal:///view.journal"',
+            "objective.surrogate.noise": "0.005",
+            "constraint.kind": '"formula"',
+            "space.alpha": "{low = 1.0, high = 1.6}",
+            "space.beta": "{low = 1.0, high = 1.4}",
+            "space.gamma": "{low = 1.0, high = 1.25}",
+        }
+    )
+    definition = load_study_file(path)
+    run_study(definition, quiet=True)
+    trials = load_study(definition).get_trials(deepcopy=False)
+    infeasible = sorted(t.number for t in trials if t.user_attrs["feasible"] is False)
+    assert infeasible and len(infeasible) < len(trials)
+    journal = path.with_name("view.journal")
+    stored = journal.read_bytes()
+
+    app = make_app(journal_storage(journal), definition=definition)
+    detail = wsgi_get(app, "/api/studies/0")
+    (gamma,) = [p for p in detail["union_search_space"] if p["name"] == "gamma"]
+    assert gamma["distribution"]["low"] == 1.0 and gamma["distribution"]["high"] == 1.25
+    by_number = {t.number: t for t in trials}
+    for shown in detail["trials"]:
+        trial = by_number[shown["number"]]
+        params = {p["name"]: p["param_external_value"] for p in shown["params"]}
+        assert params["gamma"] == str(trial.user_attrs["gamma"])  # derived, shown as a param
+        keys = [a["key"] for a in shown["user_attrs"]]
+        first = [k for k in FIRST_USER_ATTRS if k in trial.user_attrs]
+        assert keys[: len(first)] == first and sorted(keys) == sorted(trial.user_attrs)
+
+    (figure,) = [g for g in detail["plotly_graph_objects"] if g["id"] == "effscale-feasibility"]
+    traces = {t["name"]: t for t in json.loads(figure["graph_object"])["data"]}
+    assert traces["infeasible (pruned before scoring)"]["x"] == infeasible
+    assert sorted(traces["feasible"]["x"] + infeasible) == sorted(by_number)
+
+    headers, body = wsgi_raw(app, "/effscale/api/studies/0/summary")
+    summary = json.loads(body, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    flagged = [
+        s["number"]
+        for s in summary["trials"]
+        if {"label": "Infeasible", "tone": "error"} in s["badges"]
+    ]
+    assert flagged == infeasible
+    headers, body = wsgi_raw(app, "/dashboard")
+    assert b'<script defer src="/effscale/dashboard_page.js"></script>' in body
+    assert int(headers["Content-Length"]) == len(body)
+    headers, body = wsgi_raw(app, "/effscale/dashboard_page.js")
+    assert headers["Content-Type"].startswith("text/javascript") and b"effscale-badge" in body
+
+    assert journal.read_bytes() == stored  # the view wrote nothing
+
+
+def test_the_study_note_shows_the_answer_and_keeps_a_users_edit(surrogate_study):
+    path = surrogate_study(
+        {"study.n_trials": "8", "study.seeds": "[0, 1, 2]", "objective.surrogate.noise": "0.002"}
+    )
+    definition = load_study_file(path)
+    run_study(definition, quiet=True)
+    study = load_study(definition)
+    from optuna_dashboard import get_note, save_note
+
+    prepare_study(study, definition, artifact_store=None, version="9.9", plots=False)
+    region = find_region(study.get_trials())
+    note = get_note(study)
+    assert f"**Verdict: {region.verdict}.** {region.advice}" in note
+    assert ", ".join(f"#{n}" for n in region.members) in note
+    low, high = region.ranges["alpha"]
+    assert f"| alpha | {low:.4f} | {high:.4f} |" in note
+    assert note.index("### The answer") < note.index("### Study file")
+
+    # more trials: the next dashboard start brings effscale's own note up to date ...
+    run_study(
+        dataclasses.replace(definition, study=dataclasses.replace(definition.study, n_trials=14)),
+        quiet=True,
+    )
+    prepare_study(study, definition, artifact_store=None, version="9.9", plots=False)
+    updated = find_region(study.get_trials())
+    text = study.user_attrs.get("study_file", definition.text)
+    made_by = study.user_attrs.get("effscale_version", "9.9")
+    assert get_note(study) == study_note(
+        study_name=study.study_name, study_file_text=text, version=made_by, region=updated
+    )
+    assert updated.ranges != region.ranges or updated.members != region.members
+    assert len(study.get_trials()) == 14
+    # ... but never replaces a note the user has written
+    save_note(study, "my own findings")
+    prepare_study(study, definition, artifact_store=None, version="9.9", plots=False)
+    assert get_note(study) == "my own findings"

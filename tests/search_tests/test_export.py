@@ -16,12 +16,19 @@ import pytest
 import torch
 
 from effscale.detector.complexity import COUNTING_CONVENTION, count_complexity
-from effscale.detector.config import FpnConfig, load_config, preset
+from effscale.detector.config import BackboneConfig, FpnConfig, load_config, preset
+from effscale.detector.effdet_config import config_from_effdet
+from effscale.detector.effdet_weights import effdet_state_from_effscale
 from effscale.detector.model import build_model
-from effscale.detector.scaling import PAPER_SPEC
+from effscale.detector.scaling import PAPER_SPEC, round_resolution
 from effscale.search.cli import main
 from effscale.search.commands.export import parse_phi_range
-from effscale.search.export import effdet_backbone_name, effdet_config, load_effdet_config
+from effscale.search.export import (
+    effdet_backbone_name,
+    effdet_config,
+    effdet_unsupported,
+    load_effdet_config,
+)
 from effscale.search.family import OFFICIAL_BACKBONES, build_configs, derive_family
 from effscale.search.output import MARKER, atomic_directory
 from effscale.search.plots import plot_ap_vs_macs
@@ -29,7 +36,13 @@ from effscale.search.runners.optuna_runner import run_study
 from effscale.search.storage import open_storage, resolve_storage_url
 from effscale.search.study_file import load_study_file
 from effscale.search.trials import choose_trial
-from tests.search_tests.conftest import STUDIES, as_training, edit_study
+from tests.detector_tests.random_weights import randomize_batchnorms, relative_difference
+from tests.search_tests.conftest import (
+    STUDIES,
+    SURROGATE_TEST_SETTINGS,
+    as_training,
+    edit_study,
+)
 
 GOLDEN = json.loads(
     (Path(__file__).resolve().parents[1] / "golden" / "complexity.json").read_text()
@@ -214,22 +227,22 @@ def test_phi_ranges():
 
 def test_effdet_format_builds_in_effdet_with_our_parameter_count(tmp_path):
     effdet = pytest.importorskip("effdet")
+    import effscale.detector.timm_backbone  # noqa: F401 - registers effscale_efficientnet
+
     out = tmp_path / "effdet"
     assert main(["export", "--paper", "--phi", "0-3", "--format", "effdet", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    # beta**phi, alpha**phi decode to B0, B2 and B3 at phi = 0, 1, 2; phi = 3 to no B-model
-    assert [manifest["members"][n].get("effdet_backbone") for n in ("d0", "d1", "d2")] == [
+    # beta**phi, alpha**phi decode to B0, B2 and B3 at phi = 0, 1, 2; phi = 3 to no B-model,
+    # so d3 names effscale's timm backbone (issue 16: every member loads in effdet)
+    assert [manifest["members"][n].get("effdet_backbone") for n in ("d0", "d1", "d2", "d3")] == [
         "tf_efficientnet_b0",
         "tf_efficientnet_b2",
         "tf_efficientnet_b3",
+        "effscale_efficientnet",
     ]
-    assert list(manifest["effdet_unsupported"]) == ["d3"]
-    assert (
-        "matches no registered timm EfficientNet"
-        in manifest["members"]["d3"]["effdet_unsupported"][0]
-    )
-    assert not (out / "d3.effdet.json").exists()
-    for name in ("d0", "d1", "d2"):
+    assert manifest["effdet_unsupported"] == {}
+    assert "import effscale.detector.timm_backbone" in (out / "family.md").read_text()
+    for name in ("d0", "d1", "d2", "d3"):
         config = load_effdet_config(out / f"{name}.effdet.json")
         with torch.device("meta"):
             model = effdet.EfficientDet(config, pretrained_backbone=False)
@@ -259,10 +272,19 @@ def test_effdet_fusion_and_odd_sizes_match(fusion):
     assert [tuple(t.shape[-2:]) for t in our_cls] == [(20, 28), (10, 14), (5, 7), (3, 4), (2, 2)]
 
 
-def test_effdet_config_refuses_what_effdet_cannot_build():
+def test_effdet_config_names_effscales_backbone_where_timm_registers_none():
     config = derive_family(PAPER_SPEC, [3]).members[0].config
-    with pytest.raises(ValueError, match="d3 cannot be expressed in effdet: backbone width 1.331"):
-        effdet_config(config)
+    assert effdet_backbone_name(config.backbone) is None  # B0-B8 and L2 decode otherwise
+    assert effdet_unsupported(config) == ()
+    h = effdet_config(config)
+    assert h["backbone_name"] == "effscale_efficientnet"
+    assert h["backbone_args"] == {
+        "drop_path_rate": 0.0,
+        "width_multiplier": 1.331,
+        "depth_multiplier": 1.728,
+        "padding": "same",
+    }
+    assert h["pad_type"] == "same"
 
 
 # ------------------------------------------------------------------------------ study exports
@@ -309,18 +331,25 @@ def test_a_finished_study_exports_reloads_and_builds(finished_study, tmp_path, c
     out = tmp_path / "family"
     # the backbone depth multiplier alpha**phi must stay <= 8: the default 0-7 may be too far
     top = min(7, int(math.log(8) / math.log(best.params["alpha"])))
-    if top < 7:
-        capsys.readouterr()
-        assert main(["export", str(path), "--out", str(out)]) == 2
-        depth = round(best.params["alpha"] ** (top + 1), 4)
-        assert (
-            f"member d{top + 1} (φ = {top + 1}) is not a legal detector (backbone.depth_"
-            f"multiplier: must be a number in [0.05, 8], got {depth}); use --phi 0-{top} or "
-            "smaller coefficients"
-        ) in _one_error_line(capsys)
-        assert not out.exists()
-    assert main(["export", str(path), "--phi", f"0-{top}", "--out", str(out)]) == 0
+    assert top < 7  # the case of issue 18: the default export stopped at d7
+    capsys.readouterr()
+    # a range the user gives must be legal throughout
+    assert main(["export", str(path), "--phi", "0-7", "--out", str(out)]) == 2
+    depth = round(best.params["alpha"] ** (top + 1), 4)
+    why = f"backbone.depth_multiplier: must be a number in [0.05, 8], got {depth}"
+    assert (
+        f"member d{top + 1} (φ = {top + 1}) is not a legal detector ({why}); use --phi 0-{top} "
+        "or smaller coefficients"
+    ) in _one_error_line(capsys)
+    assert not out.exists()
+    # the default range stops at the last legal member, and says so
+    assert main(["export", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    left = [f"d{phi}" for phi in range(top + 1, 8)]
+    assert f"left out {', '.join(left)}: d{top + 1} is not a legal detector ({why})" in printed
+    assert sorted(p.name for p in out.glob("d*.toml")) == [f"d{phi}.toml" for phi in range(top + 1)]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["left_out"]) == left and manifest["left_out"][left[0]] == why
     assert manifest["trial_number"] == best.number
     assert manifest["study"]["name"] == "surrogate-compound"
     assert manifest["study"]["storage"] == f"journal:///{path.parent / 'study.journal'}"
@@ -337,7 +366,7 @@ def test_a_finished_study_exports_reloads_and_builds(finished_study, tmp_path, c
     # anchored at the base (D0 at 512 px): phi = 0 is D0 itself
     assert load_config(out / "d0.toml") == preset("d0")
     d1 = load_config(out / "d1.toml")
-    assert d1.image_size[0] == round(512 * c["gamma"] / 32) * 32
+    assert d1.image_size[0] == round_resolution(512 * c["gamma"])
     assert d1.backbone.width_multiplier == round(c["beta"], 4)
     assert (out / "study.png").read_bytes()[:8] == PNG_MAGIC
 
@@ -457,9 +486,10 @@ def test_bad_study_input_is_one_line_and_writes_nothing(
     "args, message",
     [
         (["--paper", "--phi", "0-13"], "--phi: 0-13 leaves [0, 12]"),
-        (["--paper", "--backbone-table", "official", "--phi", "6-8"], "official table covers"),
+        (["--backbone-table", "official", "--phi", "6-8"], "official table covers"),
+        (["--paper", "--phi", "6-8"], "--phi: the paper's family is D0..D7"),
         (["--paper", "--bifpn-growth", "0.5"], "--bifpn-growth: must be in [1, 4]"),
-        (["--paper", "--phi", "0-12", "--bifpn-growth", "2"], "member d7 (φ = 7) is not a legal"),
+        (["--paper", "--phi", "0-7", "--bifpn-growth", "2"], "member d7 (φ = 7) is not a legal"),
         (["--beta", "1.1"], "give STUDY.toml, or --alpha, --beta and --gamma"),
         (["--paper", "--trial", "3"], "--trial: needs STUDY.toml"),
     ],
@@ -562,7 +592,9 @@ def test_a_tiny_trained_study_exports_reloads_and_builds(trained_study, tmp_path
 
 def tiny_training_text(n_trials: int = 3) -> str:
     """The surrogate study turned into a real training study: D0 at phi = -4 and 64 px, 2 steps
-    of 4 images on 16 generated 64-px images of 2 classes, journal storage."""
+    of 4 images on 16 generated 64-px images of 2 classes, journal storage, one seed and the
+    formula cost (at 64 px one 8-px resolution step moves the measured cost by 27%, more than the
+    band's width)."""
     text = as_training(
         (STUDIES / "surrogate_compound.toml").read_text(),
         "generate = {train = 16, val = 8, image_size = 64, num_classes = 2}",
@@ -571,6 +603,7 @@ def tiny_training_text(n_trials: int = 3) -> str:
     return edit_study(
         text,
         {
+            **SURROGATE_TEST_SETTINGS,
             "base.phi_proxy": "-4",
             "base.resolution": "64",
             "base.num_classes": "2",
@@ -599,3 +632,94 @@ def finished_training_study(tmp_path_factory) -> Path:
 def trained_study(tmp_path_factory) -> Path:
     """The shared tiny training study (see :func:`finished_training_study`)."""
     return finished_training_study(tmp_path_factory)
+
+
+# -------------------------------------------------- every member in effdet (issue 16, part 3)
+
+
+def _top_phi(alpha: float) -> int:
+    """The largest φ <= 7 whose backbone depth multiplier alpha**φ stays legal (<= 8)."""
+    return min(7, int(math.log(8) / math.log(alpha)))
+
+
+def _flops_params(capsys, path: Path) -> int:
+    capsys.readouterr()
+    assert main(["flops", "--config", str(path), "--format", "json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    return int(record["params"])
+
+
+def test_every_member_of_a_searched_family_builds_in_effdet(finished_study, tmp_path, capsys):
+    effdet = pytest.importorskip("effdet")
+    import effscale.detector.timm_backbone  # noqa: F401 - the one import the README documents
+
+    path, _ = finished_study
+    best = max((t for t in _trials(path) if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    phis = f"0-{_top_phi(best.params['alpha'])}"
+    out = tmp_path / "effdet"
+    capsys.readouterr()
+    assert main(["export", str(path), "--phi", phis, "--format", "effdet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["effdet_unsupported"] == {}
+    ours = [
+        n for n, m in manifest["members"].items() if m["effdet_backbone"] == "effscale_efficientnet"
+    ]
+    # the one import those members need is printed with the export
+    assert (
+        f"{', '.join(ours)} use effscale's timm backbone: run `import effscale.detector." in printed
+    )
+    backbones = {meta["effdet_backbone"] for meta in manifest["members"].values()}
+    assert "effscale_efficientnet" in backbones  # the searched multipliers are timm's for none
+    for name, meta in manifest["members"].items():
+        assert meta["effdet_file"] == f"{name}.effdet.json"
+        with torch.device("meta"):
+            theirs = effdet.EfficientDet(
+                load_effdet_config(out / meta["effdet_file"]), pretrained_backbone=False
+            )
+        assert _params(theirs) == meta["num_params"], name
+        # every native export loads back through effscale flops --config
+        assert _flops_params(capsys, out / meta["effdet_file"]) == meta["num_params"]
+        assert _flops_params(capsys, out / f"{name}.toml") == meta["num_params"]
+    as_json = tmp_path / "json"
+    assert (
+        main(["export", str(path), "--phi", "0-1", "--format", "json", "--out", str(as_json)]) == 0
+    )
+    for name in ("d0", "d1"):
+        assert (
+            _flops_params(capsys, as_json / f"{name}.json")
+            == manifest["members"][name]["num_params"]
+        )
+
+
+@pytest.mark.parametrize(
+    "backbone, padding, min_level",
+    [((1.37, 1.23), "same", 3), ((1.0, 1.1), "symmetric", 4)],
+    ids=["effscale-backbone", "b1-symmetric-min4"],
+)
+def test_an_exported_member_is_the_same_network_in_effdet(backbone, padding, min_level, tmp_path):
+    """Not only the parameter count: effscale's weights by name give effdet's model the same
+    outputs (an effscale_efficientnet member, and a registered B1 padded symmetrically from
+    level 4)."""
+    effdet = pytest.importorskip("effdet")
+    import effscale.detector.timm_backbone  # noqa: F401
+
+    width, depth = backbone
+    config = preset("d0", num_classes=3).replace(
+        backbone=BackboneConfig(width_multiplier=width, depth_multiplier=depth),
+        image_size=(96, 128),
+        padding=padding,
+        min_level=min_level,
+    )
+    h = effdet_config(config)
+    assert config_from_effdet(h) == config  # the effdet config reads back to the member
+    (tmp_path / "m.effdet.json").write_text(json.dumps(h))
+    torch.manual_seed(0)
+    ours = randomize_batchnorms(build_model(config), seed=4).eval()
+    theirs = effdet.EfficientDet(load_effdet_config(tmp_path / "m.effdet.json"), False).eval()
+    theirs.load_state_dict(effdet_state_from_effscale(config, ours.state_dict()))
+    images = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = [*sum(ours(images), [])]
+        expected = [*sum(theirs(images), [])]
+    assert relative_difference(got, expected) < 1e-4

@@ -69,7 +69,14 @@ def ray_local():
 def test_records_match_the_optuna_backend_and_status_reads_them(ray_local, surrogate_study, capsys):
     import ray
 
-    path = surrogate_study({"study.n_trials": "8"})
+    # the space wider than the shipped one, so that some points miss the constraint (PRUNED)
+    path = surrogate_study(
+        {
+            "study.n_trials": "8",
+            "space.alpha": "{low = 1.0, high = 1.6}",
+            "space.beta": "{low = 1.0, high = 1.4}",
+        }
+    )
     d = load_study_file(path)
     summary = ray_driver.run_study(d, quiet=True)
     assert (summary.started, summary.n_complete + summary.n_pruned, summary.n_failed) == (8, 8, 0)

@@ -42,6 +42,7 @@ def _state(size: int = 0) -> dict:
         "config": {"name": "x"},
         "model": {"w": torch.zeros(size or 4)},
         "step": 1,
+        "epoch": 0,
     }
 
 

@@ -121,7 +121,7 @@ def test_a_glued_journal_is_refused_with_the_fix_then_repaired(surrogate_study, 
 
     assert main(["storage", "check", str(path), "--storage", JOURNAL]) == 1
     out = capsys.readouterr().out
-    assert "corrupt line" in out and f"effscale storage repair {path.name}" in out
+    assert "corrupt line" in out and f"effscale storage repair {path}" in out  # pasted, it runs
     assert main(["storage", "repair", str(path), "--storage", JOURNAL]) == 0
     out = capsys.readouterr().out
     assert "repaired" in out and "study.journal.bak" in out

@@ -18,10 +18,11 @@ from effscale.search.report import render_markdown, write_report
 from effscale.search.runners.optuna_runner import run_study
 from effscale.search.study_file import load_study_file
 from effscale.search.trials import best_trial, load_study, pareto_front, trial_coordinates
-from tests.search_tests.conftest import STUDIES, edit_study
+from tests.search_tests.conftest import STUDIES, SURROGATE_TEST_SETTINGS, edit_study
 
 #: band mode with a wide tolerance: about a third of the random start is feasible
 BAND_STUDY = {
+    **SURROGATE_TEST_SETTINGS,  # the formula cost, one seed
     "constraint.mode": '"band"',
     "constraint.tolerance": "0.3",
     "study.n_trials": "12",
@@ -131,9 +132,10 @@ def test_report_command_writes_pngs_and_markdown(finished, tmp_path, capsys):
         MARKER,
         "ap_vs_macs.png",
         "coefficients.png",
+        "region.png",
         "report.md",
     ]
-    for name in ("ap_vs_macs.png", "coefficients.png"):
+    for name in ("ap_vs_macs.png", "coefficients.png", "region.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and min(image.size) > 300
             assert len(image.convert("RGB").getcolors(1 << 16) or ()) > 50  # not blank
@@ -188,6 +190,7 @@ def test_report_out_is_atomic_and_refuses_non_empty(finished, tmp_path, capsys):
         MARKER,
         "ap_vs_macs.png",
         "coefficients.png",
+        "region.png",
         "report.md",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]  # no temporary folder

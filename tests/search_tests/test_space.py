@@ -26,10 +26,12 @@ from effscale.search.study_file import parse_study_text
 from tests.search_tests.conftest import STUDIES, edit_study
 
 SPACE = SearchSpace(alpha=Range(1.0, 1.6), beta=Range(1.0, 1.4), gamma=Range(1.0, 1.6))
+#: the paper's approximation, alpha * beta^2 * gamma^2 (the default is the measured MACs ratio)
+FORMULA = CostConstraint(kind="formula")
 
 
 def test_solve_formula_meets_target_exactly():
-    point = suggest(optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1}), SPACE, CostConstraint())
+    point = suggest(optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1}), SPACE, FORMULA)
     assert point.gamma == pytest.approx(math.sqrt(2 / (1.2 * 1.1**2)), abs=1e-12)
     assert point.ratio == pytest.approx(2.0, abs=1e-12)
     assert point.feasible and point.gamma_derived
@@ -38,13 +40,13 @@ def test_solve_formula_meets_target_exactly():
 
 def test_solve_clamps_gamma_and_reports_the_miss():
     # alpha*beta^2 = 1.6*1.3^2 = 2.704 > 2: gamma would be 0.86, clamped to 1
-    point = suggest(optuna.trial.FixedTrial({"alpha": 1.6, "beta": 1.3}), SPACE, CostConstraint())
+    point = suggest(optuna.trial.FixedTrial({"alpha": 1.6, "beta": 1.3}), SPACE, FORMULA)
     assert point.gamma == 1.0 and point.ratio == pytest.approx(2.704)
     assert not point.feasible and point.violation == pytest.approx(0.352 - 0.05)
 
 
 def test_band_mode_samples_gamma():
-    band = CostConstraint(mode="band")
+    band = CostConstraint(kind="formula", mode="band")
     inside = suggest(
         optuna.trial.FixedTrial({"alpha": 1.2, "beta": 1.1, "gamma": 1.15}), SPACE, band
     )
@@ -87,7 +89,8 @@ SURROGATE = (STUDIES / "surrogate_compound.toml").read_text()
 
 
 def test_proxy_is_fixed_and_phi1_grows_from_it():
-    d = parse_study_text(SURROGATE, path="/tmp/s.toml")
+    formula = edit_study(SURROGATE, {"constraint.kind": '"formula"'})  # gamma in closed form
+    d = parse_study_text(formula, path="/tmp/s.toml")
     dims = proxy_dimensions(d.base)  # D0 at phi = -2 under the paper's rules
     assert (dims.width_multiplier, dims.depth_multiplier) == (0.8264, 0.6944)
     assert (dims.resolution, dims.bifpn_channels, dims.bifpn_repeats, dims.head_repeats) == (

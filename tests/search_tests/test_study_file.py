@@ -28,9 +28,10 @@ def test_shipped_studies_parse(name):
 def test_surrogate_study_values():
     d = load_study_file(STUDIES / "surrogate_compound.toml")
     assert (d.study.sampler, d.study.n_trials, d.study.seed) == ("tpe", 60, 0)
-    assert d.space.alpha == Range(1.0, 1.6) and d.space.beta == Range(1.0, 1.4)
+    assert d.space.alpha == Range(1.0, 1.45) and d.space.beta == Range(1.0, 1.25)
     assert d.space.gamma == Range(1.0, 1.6) and d.space.width_growth == Fixed(1.35)
-    assert (d.constraint.mode, d.constraint.kind, d.constraint.target) == ("solve", "formula", 2.0)
+    assert (d.constraint.mode, d.constraint.kind, d.constraint.target) == ("solve", "measured", 2.0)
+    assert d.study.seeds == (0, 1, 2)
     assert d.objective.surrogate.c == (0.0732, 0.0909, 0.1158)
     assert d.objective.surrogate.p == (2.0, 3.0, 2.5)
     assert d.directions == ("maximize",)
@@ -38,9 +39,11 @@ def test_surrogate_study_values():
 
 def test_quickstart_trains_on_generated_data():
     d = load_study_file(STUDIES / "quickstart.toml")
-    assert d.objective.kind == "train" and d.train.seconds == 20 and d.train.device == "cpu"
-    assert (d.data.generate.train, d.data.generate.val, d.data.generate.image_size) == (200, 50, 96)
-    assert d.base.phi_proxy == -4 and d.base.resolution == 96
+    assert d.objective.kind == "train" and d.train.steps == 30 and d.train.device == "cpu"
+    assert d.train.seconds is None and d.constraint.kind == "measured" and d.study.seeds == (0, 1)
+    g = d.data.generate
+    assert (g.train, g.val, g.image_size, g.num_classes) == (160, 40, 128, 2)
+    assert d.base.phi_proxy == -4 and d.base.resolution == 128
 
 
 def test_grid_studies():
@@ -53,8 +56,8 @@ def test_grid_studies():
     assert (eff.execution.gpus, eff.execution.trials_per_gpu) == ((0,), "auto")
     width = load_study_file(STUDIES / "bifpn_width.toml")
     assert width.grid() == {"width_growth": [1.2, 1.25, 1.3, 1.35, 1.4, 1.45]}
-    assert width.space.alpha == Fixed(1.2) and width.space.gamma == Fixed(1.15)
-    assert width.directions == ("maximize", "minimize")
+    assert width.space.alpha == Fixed(1.2) and width.space.gamma == Range(1.0, 1.5)
+    assert width.constraint.mode == "solve" and width.directions == ("maximize",)
 
 
 def test_lists_become_choices_and_stepped_ranges_points():

@@ -4,6 +4,7 @@ fidelity, one-line errors, and a real tiny validation run."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -34,6 +35,11 @@ FOUND = CandidatePoint(
 )
 
 
+def _base():
+    """The quickstart's proxy base pinned at 96 px, so these figures do not follow the study."""
+    return dataclasses.replace(load_study_file(STUDIES / "quickstart.toml").base, resolution=96)
+
+
 def _dims(config):
     return (
         config.image_size[0],
@@ -46,7 +52,7 @@ def _dims(config):
 
 
 def test_each_method_scales_one_axis_to_the_found_cost():
-    base = load_study_file(STUDIES / "quickstart.toml").base  # D0 at phi = -4, 96 px
+    base = _base()  # D0 at phi = -4, 96 px
     proxy = build_configs(base, FOUND, num_classes=6)[0]
     assert _dims(proxy) == (96, 0.683, 0.4823, 24, 1, 1)
     variants = {v.method: v for v in matched_variants(base, FOUND, 2.0, num_classes=6)}
@@ -74,7 +80,7 @@ def test_each_method_scales_one_axis_to_the_found_cost():
 
 
 def test_solved_values_are_the_closest_legal_costs():
-    base = load_study_file(STUDIES / "quickstart.toml").base
+    base = _base()
     for v in matched_variants(base, FOUND, 2.0, num_classes=6)[1:]:
         build = method_builder(base, v.method, 2.0, found=FOUND, num_classes=6)
         error = abs(math.log(v.ratio))
@@ -85,7 +91,7 @@ def test_solved_values_are_the_closest_legal_costs():
 
 def test_depth_only_scaling_saturates_at_the_legal_limit():
     # phi = 3 from a 1-cell BiFPN needs more than 4 cells per phi (BifpnRule's limit)
-    base = load_study_file(STUDIES / "quickstart.toml").base
+    base = _base()
     depth = matched_variants(base, FOUND, 3.0, num_classes=6, methods=("depth",))[0]
     assert not depth.matched and depth.ratio == pytest.approx(0.776, abs=1e-3)
     assert depth.config.fpn.repeats == 13  # 1 + 3 * 4

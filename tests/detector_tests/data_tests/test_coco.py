@@ -168,7 +168,7 @@ def test_annotation_with_unknown_category(quirky):
     data = json.loads(quirky[1].read_text())
     data["annotations"][0]["category_id"] = 99
     quirky[1].write_text(json.dumps(data))
-    with pytest.raises(DataError, match=r"annotations\[0\]\.category_id 99"):
+    with pytest.raises(DataError, match=r"annotations\[0\] \(id 1\): category_id 99 is not listed"):
         CocoDetection(*quirky)
 
 
