@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 
 import optuna
@@ -117,7 +118,8 @@ def test_a_glued_journal_is_refused_with_the_fix_then_repaired(surrogate_study, 
     assert main(["search", str(path), "--quiet", "--storage", JOURNAL]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "corrupt line" in err and "effscale storage repair STUDY.toml" in err
+    # the hint names this study's file, so that it works when pasted
+    assert "corrupt line" in err and f"`effscale storage repair {shlex.quote(str(path))}`" in err
 
     assert main(["storage", "check", str(path), "--storage", JOURNAL]) == 1
     out = capsys.readouterr().out
