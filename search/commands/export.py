@@ -8,9 +8,9 @@ chosen trial's; without a study they are given (``--alpha --beta --gamma`` and t
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from effscale.detector.effdet_config import EFFSCALE_TIMM_BACKBONE
 from effscale.detector.scaling import (
     PHI_RANGE,
     BifpnRule,
@@ -19,7 +19,7 @@ from effscale.detector.scaling import (
     ScalingSpec,
 )
 
-from ..export import ExportResult, export_coefficients, export_study, family_records
+from ..export import EFFDET_IMPORT, ExportResult, export_coefficients, export_study, family_records
 from ..family import OFFICIAL_BACKBONES
 from ..study_file import load_study_file
 from ._output import print_records
@@ -277,20 +277,13 @@ def _report(result: ExportResult, fmt: str) -> None:
     print(f"effdet configs: {', '.join(written) or 'none'}")
     for name, reasons in result.unsupported.items():
         print(f"effdet_unsupported {name}: {'; '.join(reasons)}")
-    needing = [
-        name
-        for name in written
-        if "effscale_efficientnet" in _read_text(Path(result.out) / f"{name}.effdet.json")
-    ]
+    members = result.manifest["members"]
+    needing = [n for n in written if members[n].get("effdet_backbone") == EFFSCALE_TIMM_BACKBONE]
     if needing:
         print(
-            f"{', '.join(needing)} use effscale's timm backbone: run "
-            "`import effscale.detector.timm_backbone` before effdet builds them"
+            f"{', '.join(needing)} use effscale's timm backbone: run `{EFFDET_IMPORT}` before "
+            "effdet builds them"
         )
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
 
 
 def run(args: argparse.Namespace) -> int:

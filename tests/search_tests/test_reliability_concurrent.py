@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,24 +32,8 @@ from effscale.search.study_file import load_study_file
 
 REPO = Path(__file__).resolve().parents[2]
 DELAY_S = 0.1
-#: ``effscale search`` whose surrogate sleeps ``argv[1]`` s; it imports everything, touches
-#: ``argv[2]`` and waits for ``argv[3]`` to exist before it starts
-DRIVER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    import effscale.search.objective as objective
-    original = objective.surrogate_accuracy
-    def slow(*args, **kwargs):
-        time.sleep(float(sys.argv[1]))
-        return original(*args, **kwargs)
-    objective.surrogate_accuracy = slow
-    from effscale.search.cli import main
-    import effscale.search.commands.search
-    Path(sys.argv[2]).touch()
-    while not Path(sys.argv[3]).exists():
-        time.sleep(0.005)
-    raise SystemExit(main(sys.argv[4:]))
-""")
+#: ``effscale`` whose surrogate sleeps; it starts on a go file (``slow_search.py``)
+SLOW_SEARCH = [sys.executable, "-m", "tests.search_tests.slow_search"]
 URLS = {"sqlite": "sqlite:///study.db", "journal": "journal:///study.journal"}
 STARTED = re.compile(r"\((\d+) started now, (\d+) wanted\)")
 
@@ -69,11 +52,11 @@ def _run_together(path: Path, url: str, processes: int) -> tuple[list[int], list
             children.append(
                 subprocess.Popen(
                     [
-                        sys.executable,
-                        "-c",
-                        DRIVER,
+                        *SLOW_SEARCH,
                         str(DELAY_S),
+                        "--ready",
                         str(flag),
+                        "--go",
                         str(go),
                         "search",
                         str(path),

@@ -1,8 +1,8 @@
 """Issue #18, point 3: SIGTERM and SIGINT stop a search and its workers, in one line.
 
 Real processes and real signals: a subprocess runs ``effscale search --workers 2`` (or 1) on a
-surrogate study whose evaluations sleep 60 s (fault injection in the subprocesses only: the
-driver is a file that the spawned workers import too), the test waits until every worker is
+surrogate study whose evaluations sleep 60 s (fault injection in the subprocesses only:
+``tests/search_tests/slow_search.py``, which the spawned workers import too), the test waits until every worker is
 inside a trial, then signals the parent (or its whole process group, as Ctrl-C in a terminal
 does, or kills the parent with SIGKILL). Before issue #18 SIGTERM ended the parent alone and
 both workers finished the study; SIGINT waited for every trial; Ctrl-C printed about 70 lines
@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -35,20 +34,8 @@ from effscale.search.study_file import load_study_file
 
 REPO = Path(__file__).resolve().parents[2]
 SLEEP_S = 60.0
-#: effscale search with a surrogate that sleeps argv[1] s; a file, so that spawned workers
-#: import the patch too
-DRIVER = textwrap.dedent("""
-    import sys, time
-    import effscale.search.objective as objective
-    original = objective.surrogate_accuracy
-    def slow(*args, **kwargs):
-        time.sleep(float(sys.argv[1]))
-        return original(*args, **kwargs)
-    objective.surrogate_accuracy = slow
-    from effscale.search.cli import main
-    if __name__ == "__main__":
-        raise SystemExit(main(sys.argv[2:]))
-""")
+#: ``effscale`` whose surrogate sleeps (spawned workers too)
+SLOW_SEARCH = [sys.executable, "-m", "tests.search_tests.slow_search"]
 URLS = {"sqlite": "sqlite:///study.db", "journal": "journal:///study.journal"}
 
 
@@ -73,8 +60,6 @@ def _alive(pid: int) -> bool:
 
 
 def _start(path: Path, url: str, workers: int) -> tuple[subprocess.Popen, Path]:
-    driver = path.parent / "driver.py"
-    driver.write_text(DRIVER)
     log = path.parent / "search.log"
     env = {
         **os.environ,
@@ -83,8 +68,7 @@ def _start(path: Path, url: str, workers: int) -> tuple[subprocess.Popen, Path]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable,
-                str(driver),
+                *SLOW_SEARCH,
                 str(SLEEP_S),
                 "search",
                 str(path),

@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -42,18 +41,8 @@ from effscale.search.study_file import load_study_file
 REPO = Path(__file__).resolve().parents[2]
 BEAT = HeartbeatSettings(interval=1, grace=3)
 DELAY_S = 1.0  # per surrogate evaluation in the killed search
-#: a subprocess: effscale search with a surrogate that sleeps ``argv[1]`` seconds per evaluation
-DRIVER = textwrap.dedent("""
-    import sys, time
-    import effscale.search.objective as objective
-    original = objective.surrogate_accuracy
-    def slow(*args, **kwargs):
-        time.sleep(float(sys.argv[1]))
-        return original(*args, **kwargs)
-    objective.surrogate_accuracy = slow
-    from effscale.search.cli import main
-    raise SystemExit(main(sys.argv[2:]))
-""")
+#: ``effscale`` whose surrogate sleeps per evaluation (spawned workers too; ``slow_search.py``)
+SLOW_SEARCH = [sys.executable, "-m", "tests.search_tests.slow_search"]
 URLS = {"sqlite": "sqlite:///study.db", "journal": "journal:///study.journal"}
 
 
@@ -97,9 +86,7 @@ def _kill_mid_trial(path: Path, url: str, env: dict[str, str], log: Path):
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-c",
-                DRIVER,
+                *SLOW_SEARCH,
                 str(DELAY_S),
                 "search",
                 str(path),
@@ -257,19 +244,11 @@ def test_a_worker_killed_inside_a_run_is_retried_by_the_others_in_the_same_run(
     url = URLS["journal"]
     path = surrogate_study({"study.n_trials": "8"})
     env = _heartbeat_env(monkeypatch)
-    driver = path.parent / "driver.py"  # a file: spawned workers re-import it, patch included
-    driver.write_text(
-        DRIVER.replace(
-            "raise SystemExit(main(sys.argv[2:]))",
-            "if __name__ == '__main__':\n    raise SystemExit(main(sys.argv[2:]))",
-        )
-    )
     log = path.parent / "search.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable,
-                str(driver),
+                *SLOW_SEARCH,
                 str(DELAY_S),
                 "search",
                 str(path),
